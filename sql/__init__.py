@@ -1,0 +1,1 @@
+"""MySQL/MariaDB schema, migrations and the async engine factory."""

@@ -1,0 +1,11 @@
+"""Async SQLAlchemy engines for the project's databases (MariaDB/MySQL through aiomysql)."""
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+
+def make_engine(url: str, pool_size: int = 5) -> AsyncEngine:
+    # pool_pre_ping and pool_recycle: survive a database restart without failing the
+    # first statement on every stale connection.
+    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size,
+                               pool_pre_ping=True, pool_recycle=300, isolation_level="READ COMMITTED")

@@ -1,0 +1,1 @@
+"""The Faust app, its topics and event records, and the shared rules (money, fairness)."""
