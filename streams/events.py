@@ -69,6 +69,8 @@ class ConfigureChannel(Command):
     """Create a channel (with its first chain) or change its config from the next term."""
     config: Dict[str, Any]
     operator: str = ""
+    # Only when creating: the public half of chain 1 {chain_no, length, terminator, salt}.
+    chain: Optional[Dict[str, Any]] = None
 
 
 class PublishChain(Command):
@@ -335,6 +337,14 @@ class DeadLetter(Message):
     key_b64: str = ""
     value_b64: str = ""
 
+
+# What each topic may carry (anything else on it is a dead letter).
+COMMAND_TOPIC_RECORDS = (Command, TermSettled)
+TERM_TOPIC_EVENTS = (ChannelConfigured, ChainPublished, TermCreated, TermStateChanged, TermTick, TermCrashed,
+                     TermAborted, TermClosed)
+BET_TOPIC_EVENTS = (BetPlaced, BetRejected, BetCancelled, CashoutRequested, BookMark, BetsSealed, BetCashedOut,
+                    CashoutRejected, BetVoided, BetRefunded, TermSettled)
+PAYOUT_TOPIC_EVENTS = (PayoutRequested, PayoutSucceeded, PayoutFailed)
 
 ALL_RECORDS: tuple[type[Message], ...] = (
     PlaceBet, CancelBet, CashoutBet, StartTerm, AbortTerm, ConfigureChannel, PublishChain, Tick,

@@ -46,6 +46,7 @@ class TermState(State):
     chain_no: int
     chain_index: int
     prev_hash: str
+    salt: str                    # the chain's public salt (revealed with the hash)
     state: str                   # pre_start starting flying crashed aborted closed
     state_version: int
     config: Dict[str, Any]

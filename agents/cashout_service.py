@@ -1,0 +1,255 @@
+"""Cashout Service (seed: 自动/手动兑现): the cashout book of each flying term.
+
+It consumes game.bet, where the Bet Service and the orchestrator write, in one order per
+channel, everything a book needs: bets, cancels, forwarded manual cashouts, the BookMark
+watermark and the BetsSealed end marker (the "stream join" of term and bet streams: the term
+side arrives as those markers, ordered with the bets, so no cross-topic race can change a
+result). The rules themselves are streams.settlement.Book.
+
+The book lives in the `cashout_book` table (one entry per bet) and `term_books` (one header
+per term); the heaps are process memory rebuilt from the table after a restart or rebalance.
+Each cashout emits BetCashedOut (game.bet) and PayoutRequested(cashout) (game.payout) with the
+deterministic order_no `cashout:<bet_id>`; the settlement emits TermSettled, both to game.bet
+(the sink marks the rest of the term's bets lost) and to game.command (the orchestrator closes
+the term).
+"""
+from __future__ import annotations
+
+import logging
+
+from streams import metrics
+from streams.app import app
+from streams.events import (
+    BetCancelled,
+    BetCashedOut,
+    BetPlaced,
+    BetsSealed,
+    BetVoided,
+    BookMark,
+    CashoutRejected,
+    CashoutRequested,
+    CommandReply,
+    Message,
+    PayoutRequested,
+    TermSettled,
+)
+from streams.events import BET_TOPIC_EVENTS
+from streams.processing import Batch, run_batches
+from streams.settlement import Book, BookBet, exit_of
+from streams.topics import bet_topic, command_topic, payout_topic, reply_topic
+from tables import BookEntry, TermBook, book, term_books
+
+log = logging.getLogger(__name__)
+
+BOOK_EVENTS = (BetPlaced, BetCancelled, CashoutRequested, BookMark, BetsSealed)
+
+# term_id -> Book, for the terms of the partitions this worker owns; None = rebuild first.
+_books: dict[str, Book] | None = None
+# Set by a rebalance; the books are rebuilt at the start of the next batch (never mid-batch,
+# where staged writes of the batch's earlier events are not in the tables yet).
+_stale = False
+
+
+def cashout_order_no(bet_id: str) -> str:
+    return f"cashout:{bet_id}"
+
+
+def _entry(term_id: str, bet: BookBet) -> BookEntry:
+    return BookEntry(
+        bet_id=bet.bet_id, term_id=term_id, api_order_no=bet.api_order_no, user_id=bet.user_id,
+        amount=bet.amount, currency=bet.currency, exit_x100=bet.exit_x100, exit_mode=bet.exit_mode,
+        state=bet.state, multiple_x100=bet.multiple_x100, payout=bet.payout, mode=bet.mode,
+        cashed_at=bet.cashed_at, forced_reason=bet.forced_reason, command_id=bet.command_id)
+
+
+def _bet(entry: BookEntry) -> BookBet:
+    return BookBet(
+        bet_id=entry.bet_id, api_order_no=entry.api_order_no, user_id=entry.user_id, amount=entry.amount,
+        currency=entry.currency, exit_x100=entry.exit_x100, exit_mode=entry.exit_mode,
+        forced_reason=entry.forced_reason, state=entry.state, multiple_x100=entry.multiple_x100,
+        payout=entry.payout, mode=entry.mode, cashed_at=entry.cashed_at, command_id=entry.command_id)
+
+
+def _rebuild() -> dict[str, Book]:
+    books: dict[str, Book] = {}
+    for term_id, header in term_books.items():
+        if header.sealed:
+            continue
+        b = books[term_id] = Book(term_id)
+        if header.flying_at:
+            b.set_header(header.flying_at, header.growth_per_ms, header.caps or {})
+    for _, entry in book.items():
+        b = books.get(entry.term_id)
+        if b is not None:
+            b.load(_bet(entry))
+    log.info("cashout books rebuilt: %d terms, %d bets", len(books), sum(len(b.bets) for b in books.values()))
+    return books
+
+
+def _mark_stale(*args, **kwargs) -> None:
+    global _stale
+    _stale = True
+
+
+def _forget_books() -> None:
+    global _books, _stale
+    _books, _stale = None, False
+
+
+def _before_batch() -> None:
+    if _stale:
+        _forget_books()
+
+
+app.on_partitions_revoked.connect(_mark_stale)
+app.on_partitions_assigned.connect(_mark_stale)
+
+
+class _Term:
+    """One term's book during a batch: the in-memory Book plus its staged table rows."""
+
+    def __init__(self, batch: Batch, term_id: str, channel_id: str) -> None:
+        global _books
+        if _books is None:
+            _books = _rebuild()
+        self.batch = batch
+        self.term_id = term_id
+        self.channel_id = channel_id
+        self.header: TermBook | None = batch.staged.get(term_books, term_id)
+        self.book = _books.get(term_id)
+        if self.book is None and (self.header is None or not self.header.sealed):
+            self.book = _books[term_id] = Book(term_id)
+
+    @property
+    def sealed(self) -> bool:
+        return self.header is not None and self.header.sealed
+
+    def save_header(self, **changes) -> None:
+        if self.header is None:
+            self.header = TermBook(term_id=self.term_id, channel_id=self.channel_id)
+        for name, value in changes.items():
+            setattr(self.header, name, value)
+        self.batch.staged.set(term_books, self.term_id, self.header)
+
+    def save(self, bet: BookBet) -> None:
+        self.batch.staged.set(book, bet.bet_id, _entry(self.term_id, bet))
+
+    def emit_cashout(self, bet: BookBet, source: Message) -> None:
+        emit = self.batch.emit
+        emit.send(bet_topic, self.channel_id, BetCashedOut(
+            event_id=f"{bet.bet_id}.cashout", channel_id=self.channel_id, term_id=self.term_id, ts=bet.cashed_at,
+            trace_id=source.trace_id or self.term_id, bet_id=bet.bet_id, api_order_no=bet.api_order_no,
+            user_id=bet.user_id, amount=bet.amount, currency=bet.currency, multiple_x100=bet.multiple_x100,
+            payout=bet.payout, mode=bet.mode, cashed_at=bet.cashed_at, order_no=cashout_order_no(bet.bet_id),
+            forced_reason=bet.forced_reason, command_id=bet.command_id))
+        emit.send(payout_topic, self.channel_id, PayoutRequested(
+            event_id=f"{bet.bet_id}.payout", channel_id=self.channel_id, term_id=self.term_id, ts=bet.cashed_at,
+            trace_id=source.trace_id or self.term_id, kind="cashout", order_no=cashout_order_no(bet.bet_id),
+            user_id=bet.user_id, amount=bet.payout, currency=bet.currency, bet_id=bet.bet_id,
+            meta={"multiple_x100": bet.multiple_x100, "mode": bet.mode, "stake": bet.amount}))
+        metrics.CASHOUTS.labels(mode=bet.mode).inc()
+
+    def cashed(self, bets: list[BookBet], source: Message) -> None:
+        for bet in bets:
+            self.save(bet)
+            self.emit_cashout(bet, source)
+
+
+async def handle_book_event(record: Message, event, batch: Batch) -> None:
+    if not isinstance(record, BOOK_EVENTS):
+        return
+    term = _Term(batch, record.term_id, record.channel_id)
+    if term.sealed or term.book is None:
+        # A re-delivered event of a settled term: its outcome is final.
+        if isinstance(record, CashoutRequested):
+            _refuse(batch, record, "term_over")
+        return
+    b = term.book
+    if isinstance(record, BetPlaced):
+        exit_x100, exit_mode, reason = exit_of(record.auto_cashout_x100, record.max_win_x100)
+        bet = BookBet(bet_id=record.bet_id, api_order_no=record.api_order_no, user_id=record.user_id,
+                      amount=record.amount, currency=record.currency, exit_x100=exit_x100, exit_mode=exit_mode,
+                      forced_reason=reason)
+        if b.add(bet):
+            term.save(bet)
+            if term.header is None:
+                term.save_header()
+    elif isinstance(record, BetCancelled):
+        bet = b.cancel(record.bet_id)
+        if bet is not None:
+            term.save(bet)
+    elif isinstance(record, BookMark):
+        b.set_header(record.flying_at, record.growth_per_ms, record.caps)
+        term.cashed(b.advance(record.mark_at), record)
+        term.save_header(flying_at=record.flying_at, growth_per_ms=record.growth_per_ms, caps=record.caps,
+                         last_mark=record.mark_at)
+    elif isinstance(record, CashoutRequested):
+        decision, cashed = b.cashout(record.bet_id, record.requested_at, record.command_id)
+        term.cashed(cashed, record)
+        if decision.status == "accepted":
+            assert decision.bet is not None
+            _accept(batch, record, decision.bet)
+        else:
+            _refuse(batch, record, decision.reason, decision.bet)
+    elif isinstance(record, BetsSealed):
+        _settle(term, record)
+
+
+def _settle(term: _Term, sealed: BetsSealed) -> None:
+    b = term.book
+    assert b is not None
+    b.set_header(sealed.flying_at, sealed.growth_per_ms, sealed.caps)
+    cashed, ended, totals = b.settle(sealed.end_x100, sealed.aborted)
+    term.cashed(cashed, sealed)
+    emit = term.batch.emit
+    for bet in ended:
+        if bet.state == "voided":
+            emit.send(bet_topic, term.channel_id, BetVoided(
+                event_id=f"{bet.bet_id}.voided", channel_id=term.channel_id, term_id=term.term_id, ts=sealed.end_at,
+                trace_id=term.term_id, bet_id=bet.bet_id, api_order_no=bet.api_order_no, user_id=bet.user_id,
+                amount=bet.amount, currency=bet.currency))
+    bets = sum(t["bets"] for t in totals.values())
+    settled = TermSettled(event_id=f"{term.term_id}.settled", channel_id=term.channel_id, term_id=term.term_id,
+                          ts=max(sealed.ts, sealed.end_at), trace_id=term.term_id, totals=totals, bets=bets,
+                          aborted=sealed.aborted)
+    emit.send(bet_topic, term.channel_id, settled)
+    emit.send(command_topic, term.channel_id, settled)
+    for bet_id in b.bets:
+        term.batch.staged.delete(book, bet_id)
+    term.save_header(sealed=True, totals=totals, bets=bets)
+    assert _books is not None
+    _books.pop(term.term_id, None)
+    metrics.TERMS_SETTLED.labels(outcome="aborted" if sealed.aborted else "crashed").inc()
+
+
+def _accept(batch: Batch, request: CashoutRequested, bet: BookBet) -> None:
+    if request.gateway_id:
+        batch.emit.send(reply_topic, request.gateway_id, CommandReply(
+            event_id=f"{request.command_id}.reply", channel_id=request.channel_id, term_id=request.term_id,
+            ts=batch.now, trace_id=request.trace_id, gateway_id=request.gateway_id, command_id=request.command_id,
+            status="accepted", api_order_no=bet.api_order_no, bet_id=bet.bet_id, amount=bet.amount,
+            currency=bet.currency, multiple_x100=bet.multiple_x100, payout=bet.payout, mode=bet.mode))
+
+
+def _refuse(batch: Batch, request: CashoutRequested, reason: str, bet: BookBet | None = None) -> None:
+    metrics.CASHOUT_REFUSALS.labels(reason=reason).inc()
+    batch.emit.send(bet_topic, request.channel_id, CashoutRejected(
+        event_id=f"{request.command_id}.refused", channel_id=request.channel_id, term_id=request.term_id,
+        ts=request.requested_at, trace_id=request.trace_id, bet_id=request.bet_id,
+        api_order_no=request.api_order_no, user_id=request.user_id, reason=reason,
+        requested_at=request.requested_at, command_id=request.command_id))
+    if request.gateway_id:
+        details = {}
+        if bet is not None and bet.state == "cashed":
+            # Tell the player how the bet did end (e.g. its auto target was reached first).
+            details = {"multiple_x100": bet.multiple_x100, "payout": bet.payout, "mode": bet.mode}
+        batch.emit.send(reply_topic, request.gateway_id, CommandReply(
+            event_id=f"{request.command_id}.reply", channel_id=request.channel_id, term_id=request.term_id,
+            ts=batch.now, trace_id=request.trace_id, gateway_id=request.gateway_id, command_id=request.command_id,
+            status="refused", reason=reason, api_order_no=request.api_order_no, bet_id=request.bet_id, **details))
+
+
+@app.agent(bet_topic)
+async def cashout_processor(stream):
+    await run_batches(stream, "cashout", handle_book_event, expected=BET_TOPIC_EVENTS, max_batch=1000,
+                      before_batch=_before_batch)

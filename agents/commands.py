@@ -1,0 +1,140 @@
+"""The single consumer of game.command: one ordered stream per channel for the Term
+Orchestrator and the Bet Service, so that bets, cancels, cashout requests, operator commands
+and clock ticks of a channel are decided in one order by one writer (no locks, no races).
+
+Also the clock: every worker sends a Tick per channel it owns each tick interval (tables may
+only change inside a stream event, so time reaches the orchestrator as messages).
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from agents import bet_service, term_orchestrator
+from agents.context import CommandContext
+from streams import metrics
+from streams.app import app, settings
+from streams.codec import encode
+from streams.events import (
+    AbortTerm,
+    CancelBet,
+    CashoutBet,
+    COMMAND_TOPIC_RECORDS,
+    Command,
+    ConfigureChannel,
+    Message,
+    PlaceBet,
+    PublishChain,
+    StartTerm,
+    TermSettled,
+    Tick,
+)
+from streams.processing import Batch, dead_letter, run_batches
+from streams.topics import COMMAND, command_topic
+from tables import channels
+from tables.chain_store import chain_store
+
+log = logging.getLogger(__name__)
+
+GATEWAY_COMMANDS = (PlaceBet, CancelBet, CashoutBet)
+
+HANDLERS = {
+    PlaceBet: bet_service.place_bet,
+    CancelBet: bet_service.cancel_bet,
+    CashoutBet: bet_service.request_cashout,
+    StartTerm: term_orchestrator.start_term,
+    AbortTerm: term_orchestrator.abort_term,
+    PublishChain: term_orchestrator.publish_chain,
+    TermSettled: term_orchestrator.close_term,
+}
+
+
+async def handle_command(record: Message, event, batch: Batch) -> None:
+    key = event.message.key or b""
+    if key.decode(errors="replace") != record.channel_id:
+        # A wrongly keyed message would land in another channel's partition and tables.
+        dead_letter(batch, event, f"key {key!r} does not match channel_id {record.channel_id!r}", "commands")
+        return
+    ctx = CommandContext(batch, record.channel_id, event.message.partition,
+                         batch.staged.get(channels, record.channel_id))
+    if isinstance(record, ConfigureChannel):
+        if ctx.channel_or_none is not None:
+            _advance_clock(ctx, record)
+        await term_orchestrator.configure_channel(ctx, record)
+        if ctx.channel_or_none is not None:
+            ctx.save_channel()
+        return
+    if ctx.channel_or_none is None:
+        if isinstance(record, GATEWAY_COMMANDS):
+            bet_service.refuse(ctx, record, "unknown_channel", api_order_no=record.api_order_no)
+        return
+    if record.ts > batch.now + settings.clock_tolerance_ms:
+        if isinstance(record, GATEWAY_COMMANDS):
+            metrics.BET_DECISIONS.labels(outcome="refused", reason="clock_skew").inc()
+            bet_service.refuse(ctx, record, "clock_skew", api_order_no=record.api_order_no)
+        return
+    _advance_clock(ctx, record)
+    await term_orchestrator.advance(ctx)
+    handler = HANDLERS.get(type(record))
+    if handler is not None:
+        await handler(ctx, record)
+    ctx.save_channel()
+
+
+def _advance_clock(ctx: CommandContext, record: Message) -> None:
+    # The channel's time is the newest command time seen, but never ahead of this worker's
+    # clock: a command stamped slightly in the future must not end a term early.
+    ctx.channel.clock = max(ctx.channel.clock, min(record.ts, ctx.batch.now))
+
+
+@app.agent(command_topic)
+async def command_processor(stream):
+    await run_batches(stream, "commands", handle_command, expected=COMMAND_TOPIC_RECORDS, max_batch=500)
+
+
+# ---------------------------------------------------------------- the clock
+
+def owned_partitions() -> set[int]:
+    topic = settings.topic(COMMAND)
+    return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic}
+
+
+def owned_channels() -> list[tuple[str, object]]:
+    partitions = owned_partitions()
+    if not partitions:
+        return []
+    return [(channel_id, state) for channel_id, state in channels.items() if state.partition in partitions]
+
+
+@app.timer(interval=settings.tick_interval_ms / 1000)
+async def clock_ticks() -> None:
+    now = int(time.time() * 1000)
+    for channel_id, _ in owned_channels():
+        tick = Tick(event_id=f"tick.{channel_id}.{now}", channel_id=channel_id, ts=now)
+        await command_topic.send(key=channel_id.encode(), value=encode(tick))
+
+
+_renewing: set[tuple[str, int]] = set()
+
+
+@app.timer(interval=5.0)
+async def chain_keeper() -> None:
+    """Publish each owned channel's next fairness chain before the current one runs out."""
+    for channel_id, state in owned_channels():
+        if not term_orchestrator.chain_needs_renewal(state):
+            continue
+        chain_no = state.chain_no + 1
+        if (channel_id, chain_no) in _renewing:
+            continue
+        _renewing.add((channel_id, chain_no))
+        try:
+            chain = await chain_store().create(channel_id, chain_no, state.config["chain_length"])
+            now = int(time.time() * 1000)
+            command = PublishChain(
+                event_id=f"chain.{channel_id}.{chain_no}", channel_id=channel_id, ts=now,
+                chain_no=chain_no, length=chain.length, terminator=chain.terminator.hex(), salt=chain.salt.hex())
+            await command_topic.send(key=channel_id.encode(), value=encode(command))
+            log.info("channel %s: chain %s published (terminator %s)", channel_id, chain_no, chain.terminator.hex())
+        except Exception:
+            log.exception("channel %s: could not publish chain %s; will retry", channel_id, chain_no)
+            _renewing.discard((channel_id, chain_no))

@@ -1,0 +1,30 @@
+"""Prometheus metrics of the pipeline: one place for their names (scraped at /metrics)."""
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS_HANDLED = Counter("crash_events_handled_total", "Events handled by an agent", ["consumer"])
+BATCH_SECONDS = Histogram("crash_batch_seconds", "Time to handle one batch, including Kafka acks",
+                          ["consumer"], buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
+DEAD_LETTERS = Counter("crash_dead_letters_total", "Undecodable messages sent to game.dlq", ["consumer", "topic"])
+
+TERM_TRANSITIONS = Counter("crash_term_transitions_total", "Term state changes", ["state"])
+TERMS_RECOVERED = Counter("crash_terms_recovered_total", "Terms whose crash was processed late (takeover)")
+TERM_LAG_MS = Histogram("crash_term_transition_lag_ms", "Processing time minus scheduled time of a transition",
+                        buckets=(5, 10, 25, 50, 100, 150, 250, 500, 1000, 5000, 30000))
+CHAIN_EXHAUSTED = Counter("crash_chain_exhausted_total", "Terms not created because no next chain is published",
+                          ["channel"])
+
+BET_DECISIONS = Counter("crash_bet_decisions_total", "Bet commands by outcome", ["outcome", "reason"])
+CASHOUTS = Counter("crash_cashouts_total", "Bets cashed out", ["mode"])
+CASHOUT_REFUSALS = Counter("crash_cashout_refusals_total", "Cashout requests refused", ["reason"])
+TERMS_SETTLED = Counter("crash_terms_settled_total", "Terms settled by the cashout service", ["outcome"])
+
+SINK_ROWS = Counter("crash_sink_events_total", "Events written to MySQL by the sink", ["type"])
+SINK_RETRIES = Counter("crash_sink_retries_total", "Sink batches retried after a database error")
+
+PAYOUTS = Counter("crash_payouts_total", "Payout orders by final outcome", ["kind", "outcome"])
+PAYOUT_ATTEMPTS = Counter("crash_payout_attempts_total", "Wallet credit attempts", ["outcome"])
+PAYOUTS_FAILED = Gauge("crash_payouts_failed", "Outbox rows in status failed (need an operator)")
+PAYOUT_LATENCY = Histogram("crash_payout_latency_seconds", "From outbox row creation to wallet ack",
+                           buckets=(.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300))

@@ -1,0 +1,87 @@
+"""The batch loop every stateful agent runs (see tables/staging.py for why it is shaped so).
+
+    take a batch of events -> decode each (undecodable -> game.dlq) -> handle it against the
+    staged tables -> send the batch's output and wait for Kafka's acks -> apply the staged
+    table writes -> (Faust acks the events and commits their offsets after the producer flush)
+
+An unexpected exception is a bug, not bad input: the worker stops with a non-zero status before
+anything of the batch is applied, so that the batch is processed again after a restart (by this
+worker or the one that takes its partitions over) instead of being half-applied or skipped.
+"""
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+from faust.streams import _current_event
+
+from streams import metrics
+from streams.codec import DecodeError, decode, encode
+from streams.emit import Emitter
+from streams.events import DeadLetter, Message
+from streams.topics import dlq_topic
+from tables.staging import Staged
+
+log = logging.getLogger(__name__)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class Batch:
+    staged: Staged = field(default_factory=Staged)
+    emit: Emitter = field(default_factory=Emitter)
+    now: int = field(default_factory=now_ms)
+
+
+Handler = Callable[[Message, object, Batch], Awaitable[None]]
+
+
+def dead_letter(batch: Batch, event, error: str, consumer: str) -> None:
+    message = event.message
+    key = message.key or b""
+    letter = DeadLetter(
+        event_id=f"dlq.{message.topic}.{message.partition}.{message.offset}",
+        channel_id=key.decode(errors="replace")[:64], ts=batch.now,
+        source_topic=message.topic, partition=message.partition, offset=message.offset,
+        error=error[:1000], consumer=consumer,
+        key_b64=base64.b64encode(key).decode(),
+        value_b64=base64.b64encode(message.value or b"").decode())
+    batch.emit.send_raw(dlq_topic, key, encode(letter))
+    metrics.DEAD_LETTERS.labels(consumer=consumer, topic=message.topic).inc()
+    log.warning("dead letter from %s[%s]@%s: %s", message.topic, message.partition, message.offset, error)
+
+
+async def run_batches(stream, consumer: str, handle: Handler,
+                      expected: tuple[type[Message], ...] | None = None,
+                      max_batch: int = 500, within: float = 0.005,
+                      before_batch: Callable[[], None] | None = None) -> None:
+    async for events in stream.take_events(max_batch, within):
+        if before_batch is not None:
+            before_batch()
+        batch = Batch()
+        started = time.perf_counter()
+        try:
+            for event in events:
+                _current_event.set(weakref.ref(event))
+                try:
+                    record = decode(event.value, expected)
+                except DecodeError as error:
+                    dead_letter(batch, event, str(error), consumer)
+                    continue
+                await handle(record, event, batch)
+            await batch.emit.flush()
+            batch.staged.commit()
+        except Exception:
+            log.exception("%s: unexpected failure; stopping the worker so the batch is processed again", consumer)
+            logging.shutdown()
+            os._exit(70)
+        metrics.BATCH_SECONDS.labels(consumer=consumer).observe(time.perf_counter() - started)
+        metrics.EVENTS_HANDLED.labels(consumer=consumer).inc(len(events))

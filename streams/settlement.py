@@ -1,0 +1,215 @@
+"""The cashout book of one term and its settlement rules (DESIGN sections 5 and 8).
+
+One pure, deterministic state machine, fed the term's bet stream in order (bets, cancels,
+watermarks, manual cashout requests, the seal). The Cashout Service runs it live and the
+`replay` tool runs it again from Kafka; both must reach the same results.
+
+- Each bet has an exit: its auto target, or lower, the multiple at which its payout reaches the
+  channel's max win (then mode `forced`). Open bets sit in a heap by exit, per currency, so a
+  watermark pays every due exit in O(log n) each, without scanning the book.
+- Force point (max payout per term and currency): with S the open stake and P the payouts made,
+  the potential payout at multiple x is P + S * x // 100. The largest x it may reach is
+  x_f = ((cap - P + 1) * 100 - 1) // S; when the multiple passes x_f before the next exit,
+  every open bet of that currency is cashed out at x_f. The crash point never changes.
+- Manual cashout at receive time t: first everything due up to m(t) is paid (an auto target
+  reached earlier wins), then the bet is paid m(t - flying_at).
+- Settlement at the end (crash point, or the multiple reached at an abort): exits at or below
+  it are paid even if no watermark reached them; the rest is lost (crash) or voided (abort).
+"""
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+from streams import money
+
+NO_EXIT = 1 << 62
+
+
+@dataclass
+class BookBet:
+    bet_id: str
+    api_order_no: str
+    user_id: str
+    amount: int
+    currency: str
+    exit_x100: int
+    exit_mode: str                  # auto | forced
+    forced_reason: str = ""         # max_win when the exit is the max-win cap
+    state: str = "open"             # open | cashed | cancelled | lost | voided
+    multiple_x100: int = 0
+    payout: int = 0
+    mode: str = ""                  # auto | manual | forced
+    cashed_at: int = 0
+    command_id: str = ""
+
+
+def exit_of(auto_cashout_x100: int | None, max_win_x100: int) -> tuple[int, str, str]:
+    """(exit multiple, exit mode, forced reason) of a new bet."""
+    auto = auto_cashout_x100 if auto_cashout_x100 is not None else NO_EXIT
+    if auto <= max_win_x100:
+        return auto, "auto", ""
+    return max_win_x100, "forced", "max_win"
+
+
+@dataclass
+class Header:
+    flying_at: int
+    growth_per_ms: float
+    caps: dict[str, int]
+
+
+@dataclass
+class Decision:
+    """The answer to a manual cashout request."""
+    status: str                     # accepted | refused
+    reason: str = ""
+    bet: BookBet | None = None
+
+
+@dataclass
+class Book:
+    term_id: str
+    header: Header | None = None
+    bets: dict[str, BookBet] = field(default_factory=dict)
+    _heaps: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    _open_stake: dict[str, int] = field(default_factory=dict)
+    _paid: dict[str, int] = field(default_factory=dict)
+
+    # ---------------------------------------------------------- building the book
+
+    def set_header(self, flying_at: int, growth_per_ms: str, caps: dict[str, int]) -> None:
+        if self.header is None:
+            self.header = Header(flying_at, float(growth_per_ms), dict(caps))
+
+    def load(self, bet: BookBet) -> None:
+        """Put a bet back as it was (rebuilding the book from its table)."""
+        self.bets[bet.bet_id] = bet
+        if bet.state == "open":
+            heapq.heappush(self._heaps.setdefault(bet.currency, []), (bet.exit_x100, bet.bet_id))
+            self._open_stake[bet.currency] = self._open_stake.get(bet.currency, 0) + bet.amount
+        elif bet.state == "cashed":
+            self._paid[bet.currency] = self._paid.get(bet.currency, 0) + bet.payout
+
+    def add(self, bet: BookBet) -> bool:
+        if bet.bet_id in self.bets:
+            return False
+        self.load(bet)
+        return True
+
+    def cancel(self, bet_id: str) -> BookBet | None:
+        bet = self.bets.get(bet_id)
+        if bet is None or bet.state != "open":
+            return None
+        bet.state = "cancelled"
+        self._open_stake[bet.currency] -= bet.amount
+        return bet
+
+    # ---------------------------------------------------------- paying
+
+    def _time_of(self, multiple_x100: int) -> int:
+        assert self.header is not None
+        return self.header.flying_at + money.ms_to_reach(multiple_x100, self.header.growth_per_ms)
+
+    def _cash(self, bet: BookBet, multiple_x100: int, mode: str, at: int, reason: str = "") -> None:
+        bet.state, bet.multiple_x100, bet.mode, bet.cashed_at = "cashed", multiple_x100, mode, at
+        bet.payout = money.payout(bet.amount, multiple_x100)
+        bet.forced_reason = reason if mode == "forced" else ""
+        self._open_stake[bet.currency] -= bet.amount
+        self._paid[bet.currency] = self._paid.get(bet.currency, 0) + bet.payout
+
+    def _run(self, multiple_x100: int) -> list[BookBet]:
+        """Pay every exit at or below `multiple_x100` and every force point below it."""
+        assert self.header is not None
+        cashed: list[BookBet] = []
+        for currency, heap in self._heaps.items():
+            cap = self.header.caps.get(currency)
+            while True:
+                while heap and self.bets[heap[0][1]].state != "open":
+                    heapq.heappop(heap)
+                stake = self._open_stake.get(currency, 0)
+                if stake <= 0 or not heap:
+                    break
+                next_exit = heap[0][0]
+                force_at = None if cap is None else ((cap - self._paid.get(currency, 0) + 1) * 100 - 1) // stake
+                if next_exit <= multiple_x100 and (force_at is None or next_exit <= force_at):
+                    at = self._time_of(next_exit)
+                    while heap and heap[0][0] == next_exit:
+                        bet = self.bets[heapq.heappop(heap)[1]]
+                        if bet.state == "open":
+                            self._cash(bet, next_exit, bet.exit_mode, at, bet.forced_reason)
+                            cashed.append(bet)
+                    continue
+                if force_at is not None and force_at < multiple_x100:
+                    force_at = max(force_at, money.MIN_MULTIPLE_X100)
+                    at = self._time_of(force_at)
+                    for _, bet_id in sorted(heap):
+                        bet = self.bets[bet_id]
+                        if bet.state == "open":
+                            self._cash(bet, force_at, "forced", at, "max_payout_per_term")
+                            cashed.append(bet)
+                    heap.clear()
+                break
+        return cashed
+
+    def advance(self, mark_at: int) -> list[BookBet]:
+        """The bet stream is complete up to `mark_at` (< the end): pay what is due by then."""
+        if self.header is None:
+            return []
+        return self._run(money.multiplier_x100(mark_at - self.header.flying_at, self.header.growth_per_ms))
+
+    def cashout(self, bet_id: str, requested_at: int, command_id: str) -> tuple[Decision, list[BookBet]]:
+        """A manual cashout received at `requested_at` (before the end, checked upstream)."""
+        bet = self.bets.get(bet_id)
+        if bet is None:
+            return Decision("refused", "unknown_bet"), []
+        if bet.state == "cashed":
+            if bet.command_id == command_id:
+                return Decision("accepted", bet=bet), []           # the same request again
+            return Decision("refused", "already_cashed_out", bet), []
+        if bet.state != "open":
+            return Decision("refused", bet.state, bet), []
+        if self.header is None or requested_at < self.header.flying_at:
+            return Decision("refused", "not_flying", bet), []
+        cashed = self.advance(requested_at)
+        if bet.state == "cashed":
+            return Decision("refused", "already_cashed_out", bet), cashed
+        multiple = money.multiplier_x100(requested_at - self.header.flying_at, self.header.growth_per_ms)
+        self._cash(bet, multiple, "manual", requested_at)
+        bet.command_id = command_id
+        cashed.append(bet)
+        return Decision("accepted", bet=bet), cashed
+
+    def settle(self, end_x100: int, aborted: bool) -> tuple[list[BookBet], list[BookBet], dict[str, dict[str, int]]]:
+        """(bets cashed now, bets lost or voided, totals per currency)."""
+        cashed = self._run_to_end(end_x100)
+        ended: list[BookBet] = []
+        for bet in self.bets.values():
+            if bet.state == "open":
+                bet.state = "voided" if aborted else "lost"
+                self._open_stake[bet.currency] -= bet.amount
+                ended.append(bet)
+        return cashed, ended, self.totals()
+
+    def _run_to_end(self, end_x100: int) -> list[BookBet]:
+        if self.header is None or end_x100 < money.MIN_MULTIPLE_X100:
+            return []
+        # Exits exactly at the end are paid ("auto cashout exactly at the crash point is paid"),
+        # a force point only below it.
+        return self._run(end_x100)
+
+    def totals(self) -> dict[str, dict[str, int]]:
+        totals: dict[str, dict[str, int]] = {}
+        for bet in self.bets.values():
+            if bet.state == "cancelled":
+                continue
+            t = totals.setdefault(bet.currency, {"bets": 0, "stakes": 0, "payouts": 0, "refunds": 0})
+            t["bets"] += 1
+            t["stakes"] += bet.amount
+            if bet.state == "cashed":
+                t["payouts"] += bet.payout
+            elif bet.state == "voided":
+                t["refunds"] += bet.amount
+        for t in totals.values():
+            t["house_result"] = t["stakes"] - t["payouts"] - t["refunds"]
+        return totals

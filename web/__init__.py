@@ -1,0 +1,1 @@
+"""HTTP faces of the game: bet API gateway, operator views, reference wallet, bots."""

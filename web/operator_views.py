@@ -1,0 +1,249 @@
+"""Operator views, served by every Faust worker (DESIGN section 1: channel config, manual
+start/abort, term history, fairness proofs, payout outbox).
+
+Reads (GET) are open: they show only published data (configs, revealed hashes, history).
+Writes (POST) need an HMAC-signed request (web.signing) from a key with the admin role.
+Commands go to game.command, so any worker can take them; their effect shows in the
+term views (the definitive answers to players go through the gateway instead).
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from aiohttp import web as aioweb
+from faust import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from ulid import ULID
+
+from sql.db import make_engine
+from streams.app import app, settings
+from streams.channels import CHANNEL_ID, ConfigError, validate
+from streams.codec import encode
+from streams.events import AbortTerm, ConfigureChannel, StartTerm
+from streams.topics import command_topic
+from streams.verify import verify_channel
+from tables.chain_store import chain_store
+from web.signing import RedisNonceStore, SignatureError, Verifier
+
+_engine = None
+_verifier: Verifier | None = None
+
+
+def db():
+    global _engine
+    if _engine is None:
+        _engine = make_engine(settings.db_url, pool_size=3)
+    return _engine
+
+
+def verifier() -> Verifier:
+    global _verifier
+    if _verifier is None:
+        import redis.asyncio as redis
+        _verifier = Verifier(settings.api_keys, RedisNonceStore(redis.from_url(settings.redis_url)))
+    return _verifier
+
+
+def problem(status: int, error: str, reason: str) -> aioweb.Response:
+    return aioweb.json_response({"error": error, "reason": reason}, status=status)
+
+
+async def admin_body(request) -> tuple[dict[str, Any] | None, aioweb.Response | None]:
+    """(JSON body, None) for a request signed by an admin key, else (None, error response)."""
+    raw = await request.read()
+    if len(raw) > 64 * 1024:
+        return None, problem(413, "too_large", "body over 64 KiB")
+    try:
+        caller = await verifier().verify(request.method, request.path_qs, request.headers, raw)
+    except SignatureError as error:
+        return None, problem(401, "unauthorized", str(error))
+    if caller.role != "admin":
+        return None, problem(403, "forbidden", "operator commands need the admin role")
+    try:
+        body = json.loads(raw) if raw else {}
+    except json.JSONDecodeError:
+        return None, problem(400, "bad_request", "body is not JSON")
+    if not isinstance(body, dict):
+        return None, problem(400, "bad_request", "body must be a JSON object")
+    body["_operator"] = caller.key_id
+    return body, None
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def send_command(command) -> None:
+    await command_topic.send(key=command.channel_id.encode(), value=encode(command))
+
+
+async def fetch_all(sql: str, **params) -> list[dict[str, Any]]:
+    async with db().connect() as conn:
+        result = await conn.execute(text(sql), params)
+        return [dict(row._mapping) for row in result]
+
+
+def _decode_json_columns(row: dict[str, Any], *names: str) -> dict[str, Any]:
+    for name in names:
+        if isinstance(row.get(name), str):
+            row[name] = json.loads(row[name])
+    return row
+
+
+async def channel_row(channel_id: str) -> dict[str, Any] | None:
+    rows = await fetch_all("SELECT * FROM channel WHERE channel_id = :c", c=channel_id)
+    return _decode_json_columns(rows[0], "config") if rows else None
+
+
+@app.page("/ops/channels")
+class Channels(web.View):
+    async def get(self, request):
+        rows = await fetch_all("SELECT * FROM channel ORDER BY channel_id")
+        return self.json({"channels": [_decode_json_columns(r, "config") for r in rows]})
+
+    async def post(self, request):
+        """Create a channel: {channel_id, config}; generates and stores its secret chain,
+        publishes terminator and salt."""
+        body, error = await admin_body(request)
+        if error:
+            return error
+        channel_id = body.get("channel_id")
+        if not isinstance(channel_id, str) or not CHANNEL_ID.match(channel_id):
+            return problem(400, "bad_request", "channel_id must match [A-Za-z0-9][A-Za-z0-9_.-]{0,47}")
+        try:
+            config = validate(body.get("config") or {})
+        except ConfigError as exc:
+            return problem(400, "bad_config", str(exc))
+        if await channel_row(channel_id) is not None:
+            return problem(409, "exists", f"channel {channel_id} exists; change its config instead")
+        chain = await chain_store().create(channel_id, 1, config["chain_length"])
+        public = {"chain_no": 1, "length": chain.length, "terminator": chain.terminator.hex(),
+                  "salt": chain.salt.hex()}
+        command = ConfigureChannel(event_id=str(ULID()), channel_id=channel_id, ts=now_ms(),
+                                   config=config, operator=body["_operator"], chain=public)
+        await send_command(command)
+        return self.json({"channel_id": channel_id, "command_id": command.event_id, "config": config,
+                          "fairness": public}, status=202)
+
+
+@app.page("/ops/channels/{channel_id}")
+class ChannelView(web.View):
+    async def get(self, request, channel_id: str):
+        row = await channel_row(channel_id)
+        if row is None:
+            return problem(404, "not_found", f"no channel {channel_id}")
+        row["fairness"] = await fetch_all(
+            "SELECT chain_no, length, terminator, salt, published_at FROM fairness_chain"
+            " WHERE channel_id = :c ORDER BY chain_no", c=channel_id)
+        row["terms"] = await recent_terms(channel_id, 20)
+        return self.json(row)
+
+
+@app.page("/ops/channels/{channel_id}/config")
+class ChannelConfig(web.View):
+    async def post(self, request, channel_id: str):
+        """Change the config from the next term: a partial config object."""
+        body, error = await admin_body(request)
+        if error:
+            return error
+        row = await channel_row(channel_id)
+        if row is None:
+            return problem(404, "not_found", f"no channel {channel_id}")
+        changes = {k: v for k, v in body.items() if not k.startswith("_")}
+        try:
+            config = validate(changes, row["config"])
+        except ConfigError as exc:
+            return problem(400, "bad_config", str(exc))
+        command = ConfigureChannel(event_id=str(ULID()), channel_id=channel_id, ts=now_ms(),
+                                   config=changes, operator=body["_operator"])
+        await send_command(command)
+        return self.json({"channel_id": channel_id, "command_id": command.event_id, "config": config,
+                          "applies": "from the next term"}, status=202)
+
+
+@app.page("/ops/channels/{channel_id}/start")
+class StartView(web.View):
+    async def post(self, request, channel_id: str):
+        body, error = await admin_body(request)
+        if error:
+            return error
+        if await channel_row(channel_id) is None:
+            return problem(404, "not_found", f"no channel {channel_id}")
+        command = StartTerm(event_id=str(ULID()), channel_id=channel_id, ts=now_ms(), operator=body["_operator"])
+        await send_command(command)
+        return self.json({"command_id": command.event_id, "received_at": command.ts}, status=202)
+
+
+@app.page("/ops/channels/{channel_id}/abort")
+class AbortView(web.View):
+    async def post(self, request, channel_id: str):
+        body, error = await admin_body(request)
+        if error:
+            return error
+        if await channel_row(channel_id) is None:
+            return problem(404, "not_found", f"no channel {channel_id}")
+        reason = body.get("reason", "")
+        if not isinstance(reason, str):
+            return problem(400, "bad_request", "reason must be a string")
+        command = AbortTerm(event_id=str(ULID()), channel_id=channel_id, ts=now_ms(),
+                            operator=body["_operator"], reason=reason[:255])
+        await send_command(command)
+        return self.json({"command_id": command.event_id, "received_at": command.ts}, status=202)
+
+
+async def recent_terms(channel_id: str, limit: int) -> list[dict[str, Any]]:
+    rows = await fetch_all(
+        "SELECT term_id, seq, chain_no, chain_index, state, created_at, bets_close_at, flying_at, crash_at,"
+        " ended_at, closed_at, crash_x100, revealed_hash, aborted, abort_reason, recovered FROM crash_term"
+        " WHERE channel_id = :c ORDER BY seq DESC LIMIT :n", c=channel_id, n=limit)
+    for row in rows:
+        if row["state"] in ("pre_start", "starting", "flying"):
+            row["crash_x100"] = None   # never shown before the crash (it is not stored either)
+    return rows
+
+
+@app.page("/ops/channels/{channel_id}/terms")
+class TermsView(web.View):
+    async def get(self, request, channel_id: str):
+        try:
+            limit = min(int(request.query.get("limit", "50")), 1000)
+        except ValueError:
+            return problem(400, "bad_request", "limit must be an integer")
+        return self.json({"channel_id": channel_id, "terms": await recent_terms(channel_id, limit)})
+
+
+@app.page("/ops/terms/{term_id}")
+class TermView(web.View):
+    async def get(self, request, term_id: str):
+        rows = await fetch_all("SELECT * FROM crash_term WHERE term_id = :t", t=term_id)
+        if not rows:
+            return problem(404, "not_found", f"no term {term_id}")
+        term = _decode_json_columns(rows[0], "config")
+        term["totals"] = await fetch_all(
+            "SELECT currency, bets, stakes, payouts, refunds, house_result FROM crash_term_totals"
+            " WHERE term_id = :t", t=term_id)
+        term["bets_by_status"] = await fetch_all(
+            "SELECT status, currency, COUNT(*) AS n, CAST(SUM(amount) AS SIGNED) AS stakes,"
+            " CAST(SUM(COALESCE(payout, 0)) AS SIGNED) AS payouts"
+            " FROM bet WHERE term_id = :t GROUP BY status, currency", t=term_id)
+        return self.json(term)
+
+
+@app.page("/ops/verify")
+class VerifyView(web.View):
+    async def get(self, request):
+        """Fairness proof check of a channel (?channel=) or one term (&term=)."""
+        channel_id = request.query.get("channel")
+        if not channel_id:
+            return problem(400, "bad_request", "?channel= is required")
+        report = await verify_channel(db(), channel_id, request.query.get("term"))
+        return self.json(report)
+
+
+@app.page("/metrics")
+class Metrics(web.View):
+    async def get(self, request):
+        return aioweb.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})

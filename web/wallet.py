@@ -1,0 +1,602 @@
+"""`crash-wallet`: the reference ApiSys wallet, the operator's wallet system (DESIGN section 9).
+
+A small aiohttp service with its own MariaDB database (`apisys`) that holds players' balances.
+The game debits stakes from it and credits payouts to it; operators implement the same contract
+(web/apisys.openapi.yaml) on their own platform. Rules it keeps:
+
+- amounts are positive integers in minor units, never floats; a debit never makes a balance
+  negative (an unknown account has balance 0);
+- every operation is idempotent on `order_no` (unique across debit and credit): a repeat with
+  the same content returns the first stored answer plus `"replayed": true`, a repeat with other
+  content is a conflict. The journal row and the balance change are one DB transaction and the
+  unique key on `order_no` serialises concurrent identical requests;
+- every request is HMAC-signed (web/signing.py): role game or admin for money, admin for /admin;
+- switches under /admin/faults inject latency, 5xx, late answers and lost answers, so that the
+  payout adapter's retries can be tested against a wallet that misbehaves the way real ones do.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import math
+import random
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from sql.db import make_engine
+from streams.settings import Settings, get_settings
+from web.signing import RedisNonceStore, Verifier, require_signature
+
+log = logging.getLogger("crash.wallet")
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_BATCH_ITEMS = 500
+# Largest amount or balance accepted: the biggest integer a JSON reader using IEEE doubles
+# (JavaScript, many operator stacks) still reads exactly.
+MAX_AMOUNT = 2**53 - 1
+MAX_FAULT_MS = 600_000
+BATCH_CONCURRENCY = 8
+DB_ATTEMPTS = 5
+
+ORDER_NO_RE = re.compile(r"[A-Za-z0-9:_.-]{1,128}")
+USER_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+CURRENCY_RE = re.compile(r"[A-Z]{3}")
+KIND_RE = re.compile(r"[A-Za-z0-9:_.-]{0,32}")
+
+DEBIT_FIELDS = frozenset({"order_no", "user_id", "currency", "amount", "meta"})
+CREDIT_FIELDS = frozenset({"order_no", "user_id", "currency", "amount", "kind", "meta"})
+ACCOUNT_FIELDS = frozenset({"user_id", "currency", "balance"})
+
+CONFLICT_REASON = "order_no already used with different content"
+MYSQL_DUPLICATE_KEY = 1062
+# Deadlock and lock-wait timeout: the transaction was rolled back whole, so it can be re-run.
+MYSQL_RETRYABLE = frozenset({1205, 1213})
+
+
+class BadRequest(Exception):
+    """A request the wallet will not process (400); the text is the answer's `reason`."""
+
+
+# ---------------------------------------------------------------- validation
+
+def _json_object(body: bytes, what: str = "body") -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest(f"{what} is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest(f"{what} must be a JSON object")
+    return data
+
+
+def _check_fields(data: dict[str, Any], allowed: frozenset[str], prefix: str) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise BadRequest(f"{prefix}unknown field {unknown[0]!r}")
+
+
+def _text(data: dict[str, Any], name: str, pattern: re.Pattern[str], rule: str, prefix: str = "") -> str:
+    if name not in data:
+        raise BadRequest(f"{prefix}missing field {name!r}")
+    value = data[name]
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise BadRequest(f"{prefix}{name} must be {rule}")
+    return value
+
+
+def _integer(value: Any, name: str, minimum: int, prefix: str = "") -> int:
+    # bool is a subclass of int in Python: true must not be read as 1 cent.
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_AMOUNT:
+        kind = "a positive" if minimum > 0 else "a non-negative"
+        raise BadRequest(f"{prefix}{name} must be {kind} integer in minor units (at most {MAX_AMOUNT})")
+    return value
+
+
+def _amount(data: dict[str, Any], name: str, minimum: int, prefix: str = "") -> int:
+    if name not in data:
+        raise BadRequest(f"{prefix}missing field {name!r}")
+    return _integer(data[name], name, minimum, prefix)
+
+
+def _user_id(data: dict[str, Any], prefix: str = "") -> str:
+    return _text(data, "user_id", USER_ID_RE, "1 to 64 characters of A-Z a-z 0-9 _ . -", prefix)
+
+
+def _currency(data: dict[str, Any], prefix: str = "") -> str:
+    return _text(data, "currency", CURRENCY_RE, "3 capital letters (ISO 4217)", prefix)
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One balance change, as requested."""
+
+    op: str  # debit | credit | adjust
+    order_no: str
+    user_id: str
+    currency: str
+    amount: int  # debit/credit: the positive amount; adjust: the target balance
+    kind: str = ""
+    meta: dict[str, Any] | None = None
+
+    def digest(self) -> str:
+        """What "the same content" means for a repeated order_no: op, user, currency, amount."""
+        return hashlib.sha256(
+            f"{self.op}\n{self.user_id}\n{self.currency}\n{self.amount}".encode()).hexdigest()
+
+
+def parse_operation(data: dict[str, Any], op: str, prefix: str = "") -> Operation:
+    _check_fields(data, DEBIT_FIELDS if op == "debit" else CREDIT_FIELDS, prefix)
+    order_no = _text(data, "order_no", ORDER_NO_RE, "1 to 128 characters of A-Z a-z 0-9 : _ . -", prefix)
+    user_id = _user_id(data, prefix)
+    currency = _currency(data, prefix)
+    amount = _amount(data, "amount", 1, prefix)
+    kind = ""
+    if op == "credit" and data.get("kind") is not None:
+        kind = _text(data, "kind", KIND_RE, "at most 32 characters of A-Z a-z 0-9 : _ . -", prefix)
+    meta = data.get("meta")
+    if meta is not None and not isinstance(meta, dict):
+        raise BadRequest(f"{prefix}meta must be a JSON object")
+    return Operation(op, order_no, user_id, currency, amount, kind, meta)
+
+
+def parse_batch(body: bytes) -> list[Operation]:
+    data = _json_object(body)
+    _check_fields(data, frozenset({"items"}), "")
+    items = data.get("items")
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH_ITEMS:
+        raise BadRequest(f"items must be a list of 1 to {MAX_BATCH_ITEMS} credits")
+    ops = []
+    for index, item in enumerate(items):
+        prefix = f"items[{index}]: "
+        if not isinstance(item, dict):
+            raise BadRequest(f"{prefix}must be a JSON object")
+        ops.append(parse_operation(item, "credit", prefix))
+    return ops
+
+
+# ---------------------------------------------------------------- faults
+
+@dataclass
+class Faults:
+    """Runtime switches (POST /admin/faults); rates are probabilities, not money."""
+
+    latency_ms: int = 0
+    latency_jitter_ms: int = 0
+    error_rate: float = 0.0
+    timeout_rate: float = 0.0
+    timeout_ms: int = 10_000
+    drop_rate: float = 0.0
+
+    def update(self, changes: dict[str, Any]) -> None:
+        """Validate every change first, then apply them all (never half an update)."""
+        valid: dict[str, int | float] = {}
+        for name, value in changes.items():
+            if name not in self.__dataclass_fields__:
+                raise BadRequest(f"unknown switch {name!r}")
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise BadRequest(f"{name} must be a number")
+            if name.endswith("_rate"):
+                if not math.isfinite(value) or not 0 <= value <= 1:
+                    raise BadRequest(f"{name} must be between 0 and 1")
+                valid[name] = float(value)
+            else:
+                if not isinstance(value, int) or not 0 <= value <= MAX_FAULT_MS:
+                    raise BadRequest(f"{name} must be an integer from 0 to {MAX_FAULT_MS}")
+                valid[name] = value
+        for name, value in valid.items():
+            setattr(self, name, value)
+
+
+# ---------------------------------------------------------------- persistence
+
+_INSERT_TX = text(
+    "INSERT INTO wallet_tx (order_no, op, user_id, currency, amount, kind, digest, status, result, meta,"
+    " created_at) VALUES (:order_no, :op, :user_id, :currency, :amount, :kind, :digest, 'pending', '{}',"
+    " :meta, :now)")
+_FINISH_TX = text(
+    "UPDATE wallet_tx SET status = :status, amount = :amount, balance_after = :balance, result = :result"
+    " WHERE tx_id = :tx_id")
+_STORED_TX = text("SELECT digest, result FROM wallet_tx WHERE order_no = :order_no")
+_LOCK_ACCOUNT = text(
+    "SELECT balance FROM wallet_account WHERE user_id = :user_id AND currency = :currency FOR UPDATE")
+_READ_BALANCE = text("SELECT balance FROM wallet_account WHERE user_id = :user_id AND currency = :currency")
+_ADD_TO_ACCOUNT = text(
+    "INSERT INTO wallet_account (user_id, currency, balance, created_at, updated_at)"
+    " VALUES (:user_id, :currency, :delta, :now, :now)"
+    " ON DUPLICATE KEY UPDATE balance = balance + VALUES(balance), updated_at = VALUES(updated_at)")
+_SET_ACCOUNT = text(
+    "UPDATE wallet_account SET balance = :balance, updated_at = :now"
+    " WHERE user_id = :user_id AND currency = :currency")
+
+
+def _mysql_code(error: DBAPIError) -> int | None:
+    args = getattr(error.orig, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+class _Duplicate(Exception):
+    """The order_no is already in the journal (committed by someone else)."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    result: dict[str, Any]  # the answer body for this order_no
+    label: str  # ok | refused | conflict | replayed (metrics)
+
+    @property
+    def http_status(self) -> int:
+        return 200 if self.result["status"] == "ok" else 409
+
+
+class Ledger:
+    """Balances and the idempotent journal, in the `apisys` database."""
+
+    def __init__(self, engine: AsyncEngine, on_retry: Callable[[], None] = lambda: None) -> None:
+        self._engine = engine
+        self._on_retry = on_retry  # counts deadlock re-runs (metric)
+
+    async def apply(self, op: Operation) -> Outcome:
+        for attempt in range(DB_ATTEMPTS):
+            try:
+                return await self._apply_once(op)
+            except _Duplicate:
+                stored = await self._stored(op.order_no)
+                if stored is not None:
+                    return self._repeat(op, *stored)
+                # The row we collided with was rolled back after all: apply it ourselves.
+            except DBAPIError as error:
+                if _mysql_code(error) not in MYSQL_RETRYABLE or attempt == DB_ATTEMPTS - 1:
+                    raise
+                self._on_retry()
+                await asyncio.sleep(random.uniform(0.005, 0.02) * (attempt + 1))
+        raise RuntimeError(f"order {op.order_no}: gave up after {DB_ATTEMPTS} attempts")
+
+    async def _apply_once(self, op: Operation) -> Outcome:
+        now = int(time.time() * 1000)
+        key = {"user_id": op.user_id, "currency": op.currency}
+        async with self._engine.begin() as conn:
+            # The journal row first: its unique order_no makes a concurrent twin wait here until
+            # we commit, and then fail with a duplicate key instead of applying a second time.
+            try:
+                inserted = await conn.execute(_INSERT_TX, {
+                    **key, "order_no": op.order_no, "op": op.op, "amount": op.amount, "kind": op.kind,
+                    "digest": op.digest(), "meta": None if op.meta is None else json.dumps(op.meta),
+                    "now": now})
+            except IntegrityError as error:
+                if _mysql_code(error) == MYSQL_DUPLICATE_KEY:
+                    raise _Duplicate from error
+                raise
+            tx_id = str(inserted.lastrowid)
+            delta = op.amount
+            if op.op == "credit":
+                await conn.execute(_ADD_TO_ACCOUNT, {**key, "delta": op.amount, "now": now})
+                balance: int | None = await self._balance(conn, op.user_id, op.currency)
+                status = "ok"
+            elif op.op == "debit":
+                current = (await conn.execute(_LOCK_ACCOUNT, key)).scalar_one_or_none() or 0
+                if current >= op.amount:
+                    balance = current - op.amount
+                    await conn.execute(_SET_ACCOUNT, {**key, "balance": balance, "now": now})
+                    status, delta = "ok", -op.amount
+                else:
+                    balance, status, delta = None, "refused", 0
+            else:  # adjust: set the balance to op.amount, journal the difference
+                await conn.execute(_ADD_TO_ACCOUNT, {**key, "delta": 0, "now": now})  # exists + locked
+                current = (await conn.execute(_LOCK_ACCOUNT, key)).scalar_one()
+                await conn.execute(_SET_ACCOUNT, {**key, "balance": op.amount, "now": now})
+                balance, status, delta = op.amount, "ok", op.amount - current
+            if status == "ok":
+                result: dict[str, Any] = {"order_no": op.order_no, "status": "ok", "balance": balance,
+                                          "tx_id": tx_id}
+            else:
+                result = {"order_no": op.order_no, "status": "refused", "reason": "insufficient_funds"}
+            await conn.execute(_FINISH_TX, {"status": status, "amount": delta, "balance": balance,
+                                            "result": json.dumps(result), "tx_id": tx_id})
+        return Outcome(result, status)
+
+    async def _stored(self, order_no: str) -> tuple[str, dict[str, Any]] | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(_STORED_TX, {"order_no": order_no})).one_or_none()
+        if row is None:
+            return None
+        return row.digest, json.loads(row.result)
+
+    @staticmethod
+    def _repeat(op: Operation, digest: str, result: dict[str, Any]) -> Outcome:
+        if digest != op.digest():
+            return Outcome({"order_no": op.order_no, "status": "conflict", "reason": CONFLICT_REASON}, "conflict")
+        return Outcome({**result, "replayed": True}, "replayed")
+
+    @staticmethod
+    async def _balance(conn: AsyncConnection, user_id: str, currency: str) -> int:
+        value = (await conn.execute(_READ_BALANCE, {"user_id": user_id, "currency": currency})).scalar()
+        return int(value or 0)
+
+    async def balance(self, user_id: str, currency: str) -> int:
+        async with self._engine.connect() as conn:
+            return await self._balance(conn, user_id, currency)
+
+
+# ---------------------------------------------------------------- metrics
+
+class Metrics:
+    """One registry per app, so that several apps can live in one process (tests, tools)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        self.requests = Counter("wallet_requests_total", "Wallet requests by operation and outcome",
+                                ["op", "outcome"], registry=self.registry)
+        self.latency = Histogram("wallet_request_seconds", "Wallet request handling time", ["op"],
+                                 registry=self.registry,
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.batch_items = Counter("wallet_batch_items_total", "Credits of /v1/credit/batch by outcome",
+                                   ["outcome"], registry=self.registry)
+        self.faults = Counter("wallet_faults_injected_total", "Faults injected on purpose (/admin/faults)",
+                              ["fault"], registry=self.registry)
+        self.switches = Gauge("wallet_fault_switch", "Current fault switches", ["switch"], registry=self.registry)
+        self.db_retries = Counter("wallet_db_retries_total", "Transactions re-run after a deadlock",
+                                  registry=self.registry)
+
+    def show_switches(self, faults: Faults) -> None:
+        for name, value in asdict(faults).items():
+            self.switches.labels(switch=name).set(value)
+
+
+# ---------------------------------------------------------------- HTTP
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, error: str, reason: str) -> web.Response:
+    return web.json_response({"error": error, "reason": reason}, status=status)
+
+
+class WalletService:
+    def __init__(self, settings: Settings, engine: AsyncEngine, redis: aioredis.Redis,
+                 rng: random.Random | None = None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.redis = redis
+        self.metrics = Metrics()
+        self.ledger = Ledger(engine, on_retry=self.metrics.db_retries.inc)
+        self.faults = Faults()
+        self.metrics.show_switches(self.faults)
+        self.random = rng or random.Random()
+        keys = {settings.wallet_key_id: (settings.wallet_key_secret, "game")}
+        keys.update({key_id: entry for key_id, entry in settings.api_keys.items()
+                     if entry[1] == "admin" and key_id != settings.wallet_key_id})
+        self.verifier = Verifier(keys, RedisNonceStore(redis, namespace="nonce:wallet"))
+        self._batch_slots = asyncio.Semaphore(BATCH_CONCURRENCY)
+
+    # ---- middleware: JSON errors, body limit, metrics
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        route = request.match_info.route.name or "unmatched"
+        started = time.perf_counter()
+        try:
+            if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+                response: web.StreamResponse = _error(413, "payload_too_large",
+                                                      f"the body may be at most {MAX_BODY_BYTES} bytes")
+            else:
+                response = await handler(request)
+        except web.HTTPRequestEntityTooLarge:  # a chunked body that grew past the limit
+            response = _error(413, "payload_too_large", f"the body may be at most {MAX_BODY_BYTES} bytes")
+        except web.HTTPException as exc:  # 404, 405...: JSON like every other answer
+            response = _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
+        except Exception:
+            log.exception("%s %s failed", request.method, request.path)
+            response = _error(500, "internal", "internal error (logged)")
+        if route not in ("health", "metrics"):
+            outcome = request.get("outcome") or {401: "unauthorized", 403: "forbidden", 413: "too_large",
+                                                 400: "bad_request"}.get(response.status, str(response.status))
+            self.metrics.requests.labels(op=route, outcome=outcome).inc()
+            self.metrics.latency.labels(op=route).observe(time.perf_counter() - started)
+        return response
+
+    def _bad(self, request: web.Request, error: BadRequest) -> web.Response:
+        request["outcome"] = "bad_request"
+        return _error(400, "bad_request", str(error))
+
+    # ---- faults
+    async def _fault(self) -> str | None:
+        """Sleep the configured latency, then draw the fault of this request (None: behave)."""
+        faults = self.faults
+        if faults.latency_ms or faults.latency_jitter_ms:
+            self.metrics.faults.labels(fault="latency").inc()
+            await asyncio.sleep((faults.latency_ms + self.random.uniform(0, faults.latency_jitter_ms)) / 1000)
+        for name, rate in (("error", faults.error_rate), ("timeout", faults.timeout_rate),
+                           ("drop", faults.drop_rate)):
+            if rate and self.random.random() < rate:
+                self.metrics.faults.labels(fault=name).inc()
+                return name
+        return None
+
+    async def _apply_with_faults(self, request: web.Request, ops: list[Operation],
+                                 answer: Callable[[list[Outcome]], web.Response]) -> web.Response:
+        fault = await self._fault()
+        if fault == "error":
+            request["outcome"] = "injected_error"
+            return web.json_response({"error": "injected_error"}, status=503)
+        if fault == "timeout":
+            # Answer so late that the caller has given up, but still apply: the classic
+            # "did my credit go through?" case that only order_no idempotence resolves.
+            await asyncio.sleep(self.faults.timeout_ms / 1000)
+        outcomes = await self._apply_all(ops)
+        response = answer(outcomes)
+        if fault == "drop":
+            # Applied, but the answer is lost: close the socket so that the caller sees a
+            # disconnect (no status line at all). aiohttp's write of `response` then fails
+            # quietly with ConnectionResetError, which it treats as a client disconnect.
+            request["outcome"] = "dropped"
+            if request.transport is not None:
+                request.transport.abort()
+        return response
+
+    async def _apply_all(self, ops: list[Operation]) -> list[Outcome]:
+        if len(ops) == 1:
+            return [await self.ledger.apply(ops[0])]
+
+        async def one(op: Operation) -> Outcome:
+            async with self._batch_slots:
+                return await self.ledger.apply(op)
+
+        # Items are independent transactions; wait for all before failing, so that a retry of
+        # the whole batch finds every applied item in the journal.
+        outcomes: list[Outcome] = []
+        for result in await asyncio.gather(*(one(op) for op in ops), return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result
+            outcomes.append(result)
+        return outcomes
+
+    # ---- handlers
+    async def debit(self, request: web.Request) -> web.Response:
+        return await self._single(request, "debit")
+
+    async def credit(self, request: web.Request) -> web.Response:
+        return await self._single(request, "credit")
+
+    async def _single(self, request: web.Request, op_name: str) -> web.Response:
+        try:
+            op = parse_operation(_json_object(await request.read()), op_name)
+        except BadRequest as error:
+            return self._bad(request, error)
+
+        def answer(outcomes: list[Outcome]) -> web.Response:
+            request.setdefault("outcome", outcomes[0].label)
+            return web.json_response(outcomes[0].result, status=outcomes[0].http_status)
+
+        return await self._apply_with_faults(request, [op], answer)
+
+    async def credit_batch(self, request: web.Request) -> web.Response:
+        try:
+            ops = parse_batch(await request.read())
+        except BadRequest as error:
+            return self._bad(request, error)
+
+        def answer(outcomes: list[Outcome]) -> web.Response:
+            for outcome in outcomes:
+                self.metrics.batch_items.labels(outcome=outcome.label).inc()
+            request.setdefault("outcome", "ok")
+            return web.json_response({"results": [outcome.result for outcome in outcomes]})
+
+        return await self._apply_with_faults(request, ops, answer)
+
+    async def balance(self, request: web.Request) -> web.Response:
+        try:
+            user_id = _user_id({"user_id": request.match_info["user_id"]})
+            currency = _currency(dict(request.query))
+        except BadRequest as error:
+            return self._bad(request, error)
+        request["outcome"] = "ok"
+        balance = await self.ledger.balance(user_id, currency)
+        return web.json_response({"user_id": user_id, "currency": currency, "balance": balance})
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def metrics_view(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.metrics.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def get_faults(self, request: web.Request) -> web.Response:
+        request["outcome"] = "ok"
+        return web.json_response(asdict(self.faults))
+
+    async def set_faults(self, request: web.Request) -> web.Response:
+        try:
+            self.faults.update(_json_object(await request.read()))
+        except BadRequest as error:
+            return self._bad(request, error)
+        self.metrics.show_switches(self.faults)
+        log.warning("fault switches now %s (by %s)", asdict(self.faults), request["caller"].key_id)
+        request["outcome"] = "ok"
+        return web.json_response(asdict(self.faults))
+
+    async def set_account(self, request: web.Request) -> web.Response:
+        try:
+            data = _json_object(await request.read())
+            _check_fields(data, ACCOUNT_FIELDS, "")
+            user_id, currency = _user_id(data), _currency(data)
+            balance = _amount(data, "balance", 0)
+        except BadRequest as error:
+            return self._bad(request, error)
+        op = Operation("adjust", f"adjust:{uuid.uuid4().hex}", user_id, currency, balance, kind="admin",
+                       meta={"by": request["caller"].key_id})
+        outcome = await self.ledger.apply(op)
+        request["outcome"] = "ok"
+        return web.json_response({"user_id": user_id, "currency": currency, "balance": outcome.result["balance"],
+                                  "order_no": op.order_no, "tx_id": outcome.result["tx_id"]})
+
+    def routes(self, app: web.Application) -> None:
+        money = require_signature(self.verifier, roles=("game", "admin"))
+        admin = require_signature(self.verifier, roles=("admin",))
+        router = app.router
+        router.add_post("/v1/debit", money(self.debit), name="debit")
+        router.add_post("/v1/credit", money(self.credit), name="credit")
+        router.add_post("/v1/credit/batch", money(self.credit_batch), name="credit_batch")
+        router.add_get("/v1/balance/{user_id}", money(self.balance), name="balance", allow_head=False)
+        router.add_get("/v1/health", self.health, name="health", allow_head=False)
+        router.add_get("/metrics", self.metrics_view, name="metrics", allow_head=False)
+        router.add_get("/admin/faults", admin(self.get_faults), name="admin_faults_get", allow_head=False)
+        router.add_post("/admin/faults", admin(self.set_faults), name="admin_faults_set")
+        router.add_post("/admin/accounts", admin(self.set_account), name="admin_accounts")
+
+
+SERVICE_KEY = web.AppKey("wallet_service", WalletService)
+
+
+def make_app(settings: Settings | None = None) -> web.Application:
+    """The wallet as an aiohttp app (engine and Redis are closed on cleanup)."""
+    settings = settings or get_settings()
+    service = WalletService(settings, make_engine(settings.wallet_db_url, pool_size=10),
+                            aioredis.from_url(settings.redis_url))
+    # client_max_size: a body that streams past 64 KiB (no Content-Length) is cut off too.
+    app = web.Application(middlewares=[service.middleware], client_max_size=MAX_BODY_BYTES)
+    app[SERVICE_KEY] = service
+    service.routes(app)
+
+    async def close(_: web.Application) -> None:
+        await service.engine.dispose()
+        await service.redis.aclose()
+
+    app.on_cleanup.append(close)
+    return app
+
+
+def main() -> None:
+    settings = get_settings()
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Schema migrations are the stack's job (python -m sql.migrate), not the service's.
+    web.run_app(make_app(settings), host=settings.wallet_host, port=settings.wallet_port,
+                handler_cancellation=False,  # a caller hanging up must not cut a transaction short
+                shutdown_timeout=15.0,
+                access_log=log if settings.log_level.lower() == "debug" else None,
+                print=lambda message: log.info("%s", message.strip()))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
