@@ -102,7 +102,7 @@ class Order(State):
 
 
 orders = app.Table("orders", value_type=Order, help="api_order_no index: first decision per order")
-user_bets = app.Table("user_bets", value_type=list, help="term_id/user_id -> api_order_nos placed")
+user_bets = app.Table("user_bets", help="term_id/user_id -> api_order_nos placed")
 
 
 # ---------------------------------------------------------------- Cashout Service

@@ -219,7 +219,8 @@ async def test_repeat_with_other_content_is_a_conflict(game: WalletClient) -> No
     assert await game.balance(user, "EUR") == 100
 
 
-async def test_debit_refusal_is_final_for_its_order_no(game: WalletClient, admin: WalletClient) -> None:
+async def test_debit_refusal_is_final_for_its_order_no(
+        game: WalletClient, admin: WalletClient, wallet_db: AsyncEngine) -> None:
     user, order = uid(), uid("d")
     # Unknown account: balance 0, nothing to debit.
     assert await game.balance(user, "EUR") == 0
@@ -233,6 +234,8 @@ async def test_debit_refusal_is_final_for_its_order_no(game: WalletClient, admin
     again = await game.debit(order, user, "EUR", 150)
     assert (again.status, again.reason, again.replayed) == ("refused", "insufficient_funds", True)
     assert await game.balance(user, "EUR") == 1_000
+    row, = await journal(wallet_db, order)
+    assert (row["op"], row["status"], row["amount"], row["balance_after"]) == ("debit", "refused", 150, None)
     # A new order_no is a new decision.
     fresh = await game.debit(uid("d"), user, "EUR", 150)
     assert fresh.ok and fresh.balance == 850
@@ -488,6 +491,8 @@ async def test_amount_must_be_a_positive_integer(wallet_url: str, game: WalletCl
 @pytest.mark.parametrize("body, reason", [
     (b"{not json", "body is not valid JSON"),
     (b"[1, 2]", "body must be a JSON object"),
+    (b"[" * 30_000 + b"]" * 30_000, "body is not valid JSON"),
+    (b"\xff\xfe{}", "body is not valid JSON"),
     (b'"text"', "body must be a JSON object"),
     ({"user_id": "u1", "currency": "EUR", "amount": 1}, "missing field 'order_no'"),
     ({"order_no": "o1", "currency": "EUR", "amount": 1}, "missing field 'user_id'"),
@@ -548,10 +553,15 @@ async def test_client_reports_an_unreachable_wallet_as_unavailable() -> None:
             await client.credit(uid("o"), uid(), "EUR", 1)
 
 
-async def test_client_raises_rejected_on_a_400(game: WalletClient) -> None:
+async def test_client_raises_rejected_on_a_4xx(game: WalletClient, wallet_url: str) -> None:
     with pytest.raises(WalletRejected) as rejected:
         await game.credit(uid("o"), uid(), "EUR", -1)
     assert rejected.value.status == 400 and rejected.value.body["error"] == "bad_request"
+    # A wrong base URL is a configuration error, not a reason to retry.
+    async with WalletClient(f"{wallet_url}/nowhere", *GAME_KEY) as lost:
+        with pytest.raises(WalletRejected) as rejected:
+            await lost.credit(uid("o"), uid(), "EUR", 1)
+    assert rejected.value.status == 404
 
 
 async def test_client_batches_over_500_items_in_several_requests(game: WalletClient) -> None:

@@ -83,7 +83,7 @@ class BadRequest(Exception):
 def _json_object(body: bytes, what: str = "body") -> dict[str, Any]:
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: absurdly nested arrays/objects
         raise BadRequest(f"{what} is not valid JSON") from None
     if not isinstance(data, dict):
         raise BadRequest(f"{what} must be a JSON object")
@@ -288,7 +288,7 @@ class Ledger:
                     raise _Duplicate from error
                 raise
             tx_id = str(inserted.lastrowid)
-            delta = op.amount
+            journal_amount = op.amount  # debit/credit: as requested, adjust: the signed change
             if op.op == "credit":
                 await conn.execute(_ADD_TO_ACCOUNT, {**key, "delta": op.amount, "now": now})
                 balance: int | None = await self._balance(conn, op.user_id, op.currency)
@@ -298,20 +298,20 @@ class Ledger:
                 if current >= op.amount:
                     balance = current - op.amount
                     await conn.execute(_SET_ACCOUNT, {**key, "balance": balance, "now": now})
-                    status, delta = "ok", -op.amount
+                    status = "ok"
                 else:
-                    balance, status, delta = None, "refused", 0
+                    balance, status = None, "refused"
             else:  # adjust: set the balance to op.amount, journal the difference
                 await conn.execute(_ADD_TO_ACCOUNT, {**key, "delta": 0, "now": now})  # exists + locked
                 current = (await conn.execute(_LOCK_ACCOUNT, key)).scalar_one()
                 await conn.execute(_SET_ACCOUNT, {**key, "balance": op.amount, "now": now})
-                balance, status, delta = op.amount, "ok", op.amount - current
+                balance, status, journal_amount = op.amount, "ok", op.amount - current
             if status == "ok":
                 result: dict[str, Any] = {"order_no": op.order_no, "status": "ok", "balance": balance,
                                           "tx_id": tx_id}
             else:
                 result = {"order_no": op.order_no, "status": "refused", "reason": "insufficient_funds"}
-            await conn.execute(_FINISH_TX, {"status": status, "amount": delta, "balance": balance,
+            await conn.execute(_FINISH_TX, {"status": status, "amount": journal_amount, "balance": balance,
                                             "result": json.dumps(result), "tx_id": tx_id})
         return Outcome(result, status)
 
@@ -595,7 +595,7 @@ def main() -> None:
                 handler_cancellation=False,  # a caller hanging up must not cut a transaction short
                 shutdown_timeout=15.0,
                 access_log=log if settings.log_level.lower() == "debug" else None,
-                print=lambda message: log.info("%s", message.strip()))
+                print=lambda message: log.info("%s", " ".join(message.split())))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -222,7 +222,10 @@ class WalletClient:
 
     async def _call(self, method: str, path: str, payload: dict[str, Any] | None = None,
                     query: dict[str, str] | None = None) -> tuple[int, Any]:
-        """One signed request; (status, parsed JSON) for every status below 500."""
+        """One signed request: (status, parsed JSON, or the text of an unreadable 3xx/4xx).
+
+        Raises WalletUnavailable when the outcome is unknown (no answer, 5xx, 408, 429, an
+        unreadable 2xx/409)."""
         url = self._base.with_path(self._base.path.rstrip("/") + path)
         if query:
             url = url.with_query(query)
@@ -241,9 +244,13 @@ class WalletClient:
             raise WalletUnavailable(f"{method} {path}: no answer within {self._timeout.total} s") from None
         except aiohttp.ClientError as error:  # refused, reset, dropped, bad framing...
             raise WalletUnavailable(f"{method} {path}: {type(error).__name__}: {error}") from None
-        if status >= 500:
+        if status >= 500 or status in (408, 429):  # overloaded or failing: outcome unknown
             raise WalletUnavailable(f"{method} {path}: HTTP {status}: {raw[:200]!r}")
         try:
             return status, json.loads(raw)
         except ValueError:
-            raise WalletUnavailable(f"{method} {path}: HTTP {status} with an unreadable body: {raw[:200]!r}") from None
+            if 200 <= status < 300 or status == 409:  # an answer we cannot read: outcome unknown
+                raise WalletUnavailable(
+                    f"{method} {path}: HTTP {status} with an unreadable body: {raw[:200]!r}") from None
+            # Any other 4xx (or 3xx) is a refusal of the request itself, e.g. a wrong URL.
+            return status, raw[:500].decode(errors="replace")
