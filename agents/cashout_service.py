@@ -20,6 +20,7 @@ import logging
 from streams import metrics
 from streams.app import app
 from streams.events import (
+    BET_TOPIC_EVENTS,
     BetCancelled,
     BetCashedOut,
     BetPlaced,
@@ -33,7 +34,6 @@ from streams.events import (
     PayoutRequested,
     TermSettled,
 )
-from streams.events import BET_TOPIC_EVENTS
 from streams.processing import Batch, run_batches
 from streams.settlement import Book, BookBet, exit_of
 from streams.topics import bet_topic, command_topic, payout_topic, reply_topic

@@ -16,11 +16,10 @@ from streams import metrics
 from streams.app import app, settings
 from streams.codec import encode
 from streams.events import (
+    COMMAND_TOPIC_RECORDS,
     AbortTerm,
     CancelBet,
     CashoutBet,
-    COMMAND_TOPIC_RECORDS,
-    Command,
     ConfigureChannel,
     Message,
     PlaceBet,

@@ -37,7 +37,6 @@ from streams.events import (
     TermStateChanged,
     TermTick,
 )
-from streams.topics import bet_topic, term_topic
 from tables import ChannelState, TermState, channels, terms
 from tables.chain_store import chain_store
 

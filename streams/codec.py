@@ -7,8 +7,10 @@ a table or the database further down.
 from __future__ import annotations
 
 import json
+import types
 import typing
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from streams.events import ALL_RECORDS, Message
 
@@ -27,7 +29,7 @@ def encode(record: Message) -> bytes:
 
 def _checker(annotation: Any) -> Callable[[Any], bool]:
     origin = typing.get_origin(annotation)
-    if origin is typing.Union:
+    if origin is typing.Union or origin is types.UnionType:
         inner = [_checker(arg) for arg in typing.get_args(annotation) if arg is not type(None)]
         return lambda v: v is None or any(check(v) for check in inner)
     if annotation is bool:
@@ -36,9 +38,9 @@ def _checker(annotation: Any) -> Callable[[Any], bool]:
         return lambda v: isinstance(v, int) and not isinstance(v, bool)
     if annotation is str:
         return lambda v: isinstance(v, str)
-    if origin in (dict, typing.Dict) or annotation in (dict, typing.Dict):
+    if origin in (dict, dict) or annotation in (dict, dict):
         return lambda v: isinstance(v, dict)
-    if origin in (list, typing.List):
+    if origin in (list, list):
         return lambda v: isinstance(v, list)
     return lambda v: True
 

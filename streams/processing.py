@@ -15,8 +15,8 @@ import logging
 import os
 import time
 import weakref
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
 
 from faust.streams import _current_event
 

@@ -58,7 +58,7 @@ REQUESTS = Counter("gateway_requests_total", "Bet API requests", ["op", "status"
 DECISION_SECONDS = Histogram("gateway_decision_seconds", "From receive to the pipeline's definitive answer",
                              ["op"], buckets=(.005, .01, .025, .05, .075, .1, .15, .25, .5, 1, 2.5, 5))
 
-KEY_SETTINGS: web.AppKey["Gateway"] = web.AppKey("gateway")
+KEY_SETTINGS: web.AppKey[Gateway] = web.AppKey("gateway")
 
 
 class BadRequest(Exception):
@@ -265,7 +265,7 @@ async def stamp_and_guard(request: web.Request, handler):
         return _problem(error.status, error.error, error.reason)
     except web.HTTPRequestEntityTooLarge:
         return _problem(413, "too_large", f"body over {MAX_BODY} bytes")
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return _problem(503, "decision_timeout",
                         "no decision in time; repeat the request with the same api_order_no to get it")
     except web.HTTPException as error:

@@ -19,8 +19,9 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Iterable, Mapping, Protocol
+from typing import Protocol
 
 from aiohttp import web
 

@@ -1,0 +1,381 @@
+"""End-to-end harness: an isolated deployment of the real pipeline per test module.
+
+Each Pipeline has its own topic prefix, Faust app id (consumer group, changelogs), RocksDB
+directories, ports and gateway id, on the shared test Kafka, MariaDB and Redis that
+`./stack test` starts; channel ids are unique per pipeline, so MySQL rows never mix.
+Workers, gateway, wallet and payout adapter are real subprocesses (so they can be killed -9).
+Nothing here sleeps and hopes: `wait_for` polls a condition until a deadline.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from sqlalchemy import text
+
+from sql.db import make_engine
+from streams.admin import create_topics
+from streams.codec import DecodeError, decode
+from streams.settings import Settings
+from web.signing import sign_headers
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+LOGS = REPO / "var" / "test" / "log" / "pipelines"
+
+# Short terms for tests: ~1.2 s betting, 0.4 s starting, flights of 0-7.5 s (cap 20x).
+FAST_CONFIG: dict[str, Any] = {
+    "betting_ms": 1200, "starting_ms": 400, "cooldown_ms": 300, "growth_per_ms": "0.0004",
+    "grace_ms": 150, "max_multiple_x100": 2000, "chain_length": 1000,
+    "currencies": {"EUR": {"min_bet": 10, "max_bet": 100_000, "max_bets_per_user": 3,
+                           "max_win": 1_000_000, "max_payout_per_term": 100_000_000}},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def first_ms_at(multiple_x100: int, growth_per_ms: float) -> int:
+    """Independent of streams.money: the first whole ms at which floor(100 e^(g t)) >= multiple."""
+    t = 0
+    if multiple_x100 > 100:
+        t = max(0, int(math.log(multiple_x100 / 100) / growth_per_ms) - 5)
+    while math.floor(100 * math.exp(growth_per_ms * t)) < multiple_x100:
+        t += 1
+    return t
+
+
+async def wait_for(check: Callable[[], Awaitable[Any]], timeout: float, what: str, every: float = 0.1) -> Any:
+    """Poll `check` until it returns something truthy; fail with `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+class Process:
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.name, self.args, self.env, self.log_path = name, args, env, log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        log.write(f"\n===== start {time.strftime('%H:%M:%S')} {' '.join(self.args)}\n".encode())
+        log.flush()
+        self.proc = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, cwd=str(REPO), start_new_session=True)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill9(self) -> None:
+        if self.alive:
+            assert self.proc is not None
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 20) -> None:
+        if not self.alive:
+            return
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+
+class Pipeline:
+    def __init__(self, name: str, base: Settings, tmp: Path) -> None:
+        self.name = f"{name}-{uuid.uuid4().hex[:6]}"
+        self.base = base
+        self.tmp = tmp
+        self.prefix = f"t.{self.name}."
+        self.env = {
+            **os.environ,
+            "CRASH_TOPIC_PREFIX": self.prefix,
+            "CRASH_APP_ID": f"crash-{self.name}",
+            "CRASH_GATEWAY_ID": f"gw-{self.name}",
+            "CRASH_GATEWAY_PORT": str(free_port()),
+            "CRASH_WALLET_PORT": str(free_port()),
+            "CRASH_SESSION_TIMEOUT_MS": "6000",
+            "CRASH_TICK_INTERVAL_MS": "50",
+            "CRASH_LOG_LEVEL": "info",
+        }
+        self.env["CRASH_WALLET_URL"] = f"http://127.0.0.1:{self.env['CRASH_WALLET_PORT']}"
+        self.settings = Settings(kafka_bootstrap=base.kafka_bootstrap, topic_prefix=self.prefix,
+                                 partitions=base.partitions, db_url=base.db_url, api_keys=base.api_keys)
+        self.workers: dict[int, Process] = {}
+        self.worker_ports: dict[int, int] = {}
+        self.others: dict[str, Process] = {}
+        self.db = make_engine(base.db_url, pool_size=3)
+        self.http: aiohttp.ClientSession | None = None
+        self.producer: AIOKafkaProducer | None = None
+
+    # ---------------------------------------------------------- processes
+
+    def _log(self, name: str) -> Path:
+        return LOGS / self.name / f"{name}.log"
+
+    async def open(self) -> None:
+        await create_topics(self.settings)
+        self.http = aiohttp.ClientSession()
+        self.producer = AIOKafkaProducer(bootstrap_servers=self.base.kafka_bootstrap)
+        await self.producer.start()
+
+    def start_worker(self, index: int = 1) -> Process:
+        port = self.worker_ports.setdefault(index, free_port())
+        env = {**self.env, "CRASH_WEB_PORT": str(port), "CRASH_DATA_DIR": str(self.tmp / f"faust-{index}")}
+        proc = Process(f"worker-{index}", [str(BIN / "crash-worker"), "worker", "-l", "info"], env,
+                       self._log(f"worker-{index}"))
+        proc.start()
+        self.workers[index] = proc
+        return proc
+
+    def start_service(self, name: str, command: str, extra_env: dict[str, str] | None = None) -> Process:
+        proc = Process(name, [str(BIN / command)], {**self.env, **(extra_env or {})}, self._log(name))
+        proc.start()
+        self.others[name] = proc
+        return proc
+
+    async def wait_http(self, url: str, timeout: float = 60) -> None:
+        assert self.http is not None
+
+        async def up() -> bool:
+            try:
+                async with self.http.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                    return resp.status < 500
+            except (TimeoutError, aiohttp.ClientError):
+                return False
+
+        await wait_for(up, timeout, f"{url} to answer")
+
+    async def start(self, workers: int = 1, gateway: bool = True) -> None:
+        await self.open()
+        for index in range(1, workers + 1):
+            self.start_worker(index)
+        for index in range(1, workers + 1):
+            await self.wait_http(f"http://127.0.0.1:{self.worker_ports[index]}/ops/channels")
+        if gateway:
+            self.start_service("gateway", "crash-gateway")
+            await self.wait_http(f"{self.gateway_url}/v1/health")
+
+    async def close(self) -> None:
+        for proc in [*self.others.values(), *self.workers.values()]:
+            proc.stop()
+        if self.producer is not None:
+            await self.producer.stop()
+        if self.http is not None:
+            await self.http.close()
+        await self.db.dispose()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name} ({p.log_path})\n{p.tail()}"
+                         for p in [*self.workers.values(), *self.others.values()])
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['CRASH_GATEWAY_PORT']}"
+
+    def ops_url(self, index: int | None = None) -> str:
+        if index is None:
+            index = next(i for i, p in self.workers.items() if p.alive)
+        return f"http://127.0.0.1:{self.worker_ports[index]}"
+
+    # ---------------------------------------------------------- HTTP
+
+    async def signed(self, base_url: str, key_id: str, method: str, path: str,
+                     body: Any = None) -> tuple[int, Any]:
+        assert self.http is not None
+        raw = json.dumps(body).encode() if body is not None else b""
+        headers = sign_headers(key_id, self.base.api_keys[key_id][0], method, path, raw)
+        headers["Content-Type"] = "application/json"
+        async with self.http.request(method, base_url + path, data=raw, headers=headers,
+                                     timeout=aiohttp.ClientTimeout(total=30)) as resp:
+            try:
+                return resp.status, await resp.json(content_type=None)
+            except json.JSONDecodeError:
+                return resp.status, await resp.text()
+
+    async def ops(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        return await self.signed(self.ops_url(), "admin", method, path, body)
+
+    async def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        return await self.signed(self.gateway_url, "operator", method, path, body)
+
+    async def create_channel(self, suffix: str, **overrides: Any) -> str:
+        channel_id = f"{self.name}-{suffix}"
+        config = {**FAST_CONFIG, **overrides}
+        status, body = await self.ops("POST", "/ops/channels", {"channel_id": channel_id, "config": config})
+        assert status == 202, (status, body)
+        return channel_id
+
+    async def wait_gateway_channel(self, channel_id: str, timeout: float = 60) -> None:
+        async def known() -> bool:
+            assert self.http is not None
+            async with self.http.get(f"{self.gateway_url}/v1/channels/{channel_id}") as resp:
+                return resp.status == 200
+        await wait_for(known, timeout, f"the gateway to know channel {channel_id}")
+
+    async def live_term(self, channel_id: str) -> dict[str, Any] | None:
+        assert self.http is not None
+        async with self.http.get(f"{self.gateway_url}/v1/channels/{channel_id}") as resp:
+            return (await resp.json()).get("term") if resp.status == 200 else None
+
+    # ---------------------------------------------------------- MySQL
+
+    async def rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
+        async with self.db.connect() as conn:
+            return [dict(r._mapping) for r in await conn.execute(text(sql), params)]
+
+    async def terms(self, channel_id: str) -> list[dict[str, Any]]:
+        return await self.rows("SELECT * FROM crash_term WHERE channel_id = :c ORDER BY seq", c=channel_id)
+
+    async def wait_closed_terms(self, channel_id: str, count: int, timeout: float) -> list[dict[str, Any]]:
+        async def closed() -> list[dict[str, Any]]:
+            rows = [t for t in await self.terms(channel_id) if t["state"] == "closed"]
+            return rows if len(rows) >= count else []
+        return await wait_for(closed, timeout, f"{count} closed terms on {channel_id}", every=0.25)
+
+    # ---------------------------------------------------------- Kafka
+
+    def topic(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    async def read_topic(self, name: str, key: str | None = None) -> list[tuple[Any, bytes, int, int]]:
+        """Everything on a topic now: [(decoded record or None, raw value, partition, offset)]."""
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.base.kafka_bootstrap, enable_auto_commit=False,
+                                    group_id=None)
+        await consumer.start()
+        try:
+            topic = self.topic(name)
+            partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or
+                          await self._partitions(consumer, topic)]
+            consumer.assign(partitions)
+            ends = await consumer.end_offsets(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            out: list[tuple[Any, bytes, int, int]] = []
+            remaining = {tp for tp in partitions if ends[tp] > 0}
+            while remaining:
+                batches = await consumer.getmany(timeout_ms=500)
+                for tp, messages in batches.items():
+                    for m in messages:
+                        if key is None or (m.key or b"").decode() == key:
+                            try:
+                                record = decode(m.value)
+                            except DecodeError:
+                                record = None
+                            out.append((record, m.value, m.partition, m.offset))
+                        if m.offset >= ends[tp] - 1:
+                            remaining.discard(tp)
+            return out
+        finally:
+            await consumer.stop()
+
+    async def read_topic_raw(self, topic: str) -> list[bytes]:
+        """Every value now on a physical topic (no prefix added), e.g. a Faust changelog."""
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.base.kafka_bootstrap, enable_auto_commit=False,
+                                    group_id=None)
+        await consumer.start()
+        try:
+            partitions = [TopicPartition(topic, p) for p in await self._partitions(consumer, topic)]
+            consumer.assign(partitions)
+            ends = await consumer.end_offsets(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            values: list[bytes] = []
+            remaining = {tp for tp in partitions if ends[tp] > 0}
+            while remaining:
+                for tp, messages in (await consumer.getmany(timeout_ms=500)).items():
+                    for m in messages:
+                        if m.value is not None:
+                            values.append(m.value)
+                        if m.offset >= ends[tp] - 1:
+                            remaining.discard(tp)
+            return values
+        finally:
+            await consumer.stop()
+
+    @staticmethod
+    async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+        await consumer._client.force_metadata_update()
+        return consumer.partitions_for_topic(topic) or set()
+
+    async def publish(self, name: str, key: str, value: bytes) -> None:
+        assert self.producer is not None
+        await self.producer.send_and_wait(self.topic(name), value, key=key.encode())
+
+
+def independent_crash_x100(hash_hex: str, salt_hex: str, edge_bps: int, max_multiple_x100: int) -> int:
+    """DESIGN section 6 written out again, without streams.fairness."""
+    import hashlib
+    import hmac
+    digest = hmac.new(bytes.fromhex(salt_hex), hash_hex.encode("ascii"), hashlib.sha512).hexdigest()
+    r = int(digest[:13], 16)
+    crash = (10000 - edge_bps) * 2**52 // ((2**52 - r) * 100)
+    return min(max(crash, 100), max_multiple_x100)
+
+
+async def committed_offsets(bootstrap: str, group: str) -> dict[Any, int]:
+    from aiokafka.admin import AIOKafkaAdminClient
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+        return {tp: meta.offset for tp, meta in offsets.items()}
+    finally:
+        await admin.close()
+
+
+async def end_offsets(bootstrap: str, topics: list[str]) -> dict[Any, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or
+                                                                   await Pipeline._partitions(consumer, t))]
+        return await consumer.end_offsets(partitions)
+    finally:
+        await consumer.stop()
+
+
+async def wait_consumed(pipeline: Pipeline, names: list[str], timeout: float = 60) -> None:
+    """Wait until the pipeline's Faust consumer group has committed past everything now on `names`."""
+    ends = await end_offsets(pipeline.base.kafka_bootstrap, [pipeline.topic(n) for n in names])
+
+    async def caught_up() -> bool:
+        committed = await committed_offsets(pipeline.base.kafka_bootstrap, pipeline.env["CRASH_APP_ID"])
+        return all(committed.get(tp, 0) >= end for tp, end in ends.items() if end > 0)
+
+    await wait_for(caught_up, timeout, f"the workers to consume {names}", every=0.5)
