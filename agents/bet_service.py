@@ -163,7 +163,9 @@ async def request_cashout(ctx: CommandContext, cmd: CashoutBet) -> None:
     term = ctx.staged_term(order.term_id)
     if term is None:
         return refuse(ctx, cmd, "term_over", **details)
-    t = cmd.ts
+    # A receive time ahead of this worker's clock (clock skew within the tolerance) counts as
+    # "now": a cashout can never be paid a multiple the curve has not reached yet.
+    t = min(cmd.ts, ctx.batch.now)
     if t < term.flying_at or term.state in ("pre_start", "starting"):
         return refuse(ctx, cmd, "not_flying", **details)
     if term.aborted and t >= (term.ended_at or 0):

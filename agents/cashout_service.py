@@ -35,7 +35,7 @@ from streams.events import (
     TermSettled,
 )
 from streams.processing import Batch, run_batches
-from streams.settlement import Book, BookBet, exit_of
+from streams.settlement import Book, BookBet, bet_from_placed
 from streams.topics import bet_topic, command_topic, payout_topic, reply_topic
 from tables import BookEntry, TermBook, book, term_books
 
@@ -166,10 +166,7 @@ async def handle_book_event(record: Message, event, batch: Batch) -> None:
         return
     b = term.book
     if isinstance(record, BetPlaced):
-        exit_x100, exit_mode, reason = exit_of(record.auto_cashout_x100, record.max_win_x100)
-        bet = BookBet(bet_id=record.bet_id, api_order_no=record.api_order_no, user_id=record.user_id,
-                      amount=record.amount, currency=record.currency, exit_x100=exit_x100, exit_mode=exit_mode,
-                      forced_reason=reason)
+        bet = bet_from_placed(record)
         if b.add(bet):
             term.save(bet)
             if term.header is None:

@@ -62,7 +62,7 @@ def dead_letter(batch: Batch, event, error: str, consumer: str) -> None:
 async def run_batches(stream, consumer: str, handle: Handler,
                       expected: tuple[type[Message], ...] | None = None,
                       max_batch: int = 500, within: float = 0.005,
-                      before_batch: Callable[[], None] | None = None) -> None:
+                      before_batch: Callable[[], None] | None = None, dead_letters: bool = True) -> None:
     async for events in stream.take_events(max_batch, within):
         if before_batch is not None:
             before_batch()
@@ -74,7 +74,8 @@ async def run_batches(stream, consumer: str, handle: Handler,
                 try:
                     record = decode(event.value, expected)
                 except DecodeError as error:
-                    dead_letter(batch, event, str(error), consumer)
+                    if dead_letters:
+                        dead_letter(batch, event, str(error), consumer)
                     continue
                 await handle(record, event, batch)
             await batch.emit.flush()

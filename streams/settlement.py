@@ -52,6 +52,14 @@ def exit_of(auto_cashout_x100: int | None, max_win_x100: int) -> tuple[int, str,
     return max_win_x100, "forced", "max_win"
 
 
+def bet_from_placed(placed) -> BookBet:
+    """The book entry of a BetPlaced event."""
+    exit_x100, exit_mode, reason = exit_of(placed.auto_cashout_x100, placed.max_win_x100)
+    return BookBet(bet_id=placed.bet_id, api_order_no=placed.api_order_no, user_id=placed.user_id,
+                   amount=placed.amount, currency=placed.currency, exit_x100=exit_x100, exit_mode=exit_mode,
+                   forced_reason=reason)
+
+
 @dataclass
 class Header:
     flying_at: int

@@ -8,6 +8,12 @@ A repeated api_order_no is answered by the pipeline with the first decision.
 
 The gateway also follows game.term to keep each channel's config and live term state in
 memory (for validation and for GET /v1/channels/{id}).
+
+Seamless mode (POST /v1/player/bets): the gateway debits the player's wallet with
+order_no = api_order_no, then places the bet marked `debited`; a refused debited bet is
+refunded by the Refund Service. The intent is written to MySQL (player_debit) before the
+debit, and a resolver repeats debits whose answer was lost, then places those bets with their
+original receive time: once money may have left the player, the pipeline always decides.
 """
 from __future__ import annotations
 
@@ -46,6 +52,7 @@ from streams.events import (
 from streams.settings import Settings, get_settings
 from streams.topics import COMMAND, REPLY, TERM
 from web.signing import RedisNonceStore, SignatureError, Verifier
+from web.wallet_client import WalletClient, WalletError, WalletResult, WalletUnavailable
 
 log = logging.getLogger("crash.gateway")
 
@@ -55,6 +62,7 @@ USER_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 ORDER_CLAIM_TTL_S = 30 * 24 * 3600
 
 REQUESTS = Counter("gateway_requests_total", "Bet API requests", ["op", "status"])
+DEBITS = Counter("gateway_player_debits_total", "Seamless-mode debits", ["outcome"])
 DECISION_SECONDS = Histogram("gateway_decision_seconds", "From receive to the pipeline's definitive answer",
                              ["op"], buckets=(.005, .01, .025, .05, .075, .1, .15, .25, .5, 1, 2.5, 5))
 
@@ -100,6 +108,7 @@ class Gateway:
         self.redis = redis.from_url(settings.redis_url)
         self.verifier = Verifier(settings.api_keys, RedisNonceStore(self.redis))
         self.db = make_engine(settings.db_url, pool_size=3)
+        self.wallet = WalletClient.from_settings(settings)
         self._tasks: list[asyncio.Task] = []
 
     # ---------------------------------------------------------- lifecycle
@@ -126,7 +135,8 @@ class Gateway:
         term_partitions = [TopicPartition(term_topic, p) for p in await self._partitions(term_topic)]
         self.term_consumer.assign(term_partitions)
         await self.term_consumer.seek_to_end(*term_partitions)
-        self._tasks = [asyncio.create_task(self._read_replies()), asyncio.create_task(self._read_terms())]
+        self._tasks = [asyncio.create_task(self._read_replies()), asyncio.create_task(self._read_terms()),
+                       asyncio.create_task(self._resolve_debits())]
 
     async def _partitions(self, topic: str) -> set[int]:
         assert self.producer is not None
@@ -144,6 +154,7 @@ class Gateway:
             if client is not None:
                 await client.stop()
         await self.redis.aclose()
+        await self.wallet.close()
         await self.db.dispose()
 
     async def _load_channels(self) -> None:
@@ -212,12 +223,96 @@ class Gateway:
         future: asyncio.Future[CommandReply] = asyncio.get_running_loop().create_future()
         self.pending[command.event_id] = future
         try:
-            await self.producer.send_and_wait(self.settings.topic(COMMAND), encode(command),
-                                              key=command.channel_id.encode())
+            await self._send_command(command)
             with DECISION_SECONDS.labels(op=op).time():
                 return await asyncio.wait_for(future, self.settings.decision_timeout_ms / 1000)
         finally:
             self.pending.pop(command.event_id, None)
+
+    # ---------------------------------------------------------- seamless mode
+
+    async def debit_and_place(self, command: PlaceBet) -> CommandReply | WalletResult:
+        """Debit the stake, then place the bet; the wallet's refusal is returned as is."""
+        now = int(time.time() * 1000)
+        async with self.db.begin() as conn:
+            await conn.execute(text(
+                "INSERT IGNORE INTO player_debit (channel_id, api_order_no, user_id, currency, amount, command,"
+                " state, received_at, updated_at) VALUES (:c, :o, :u, :cur, :a, :cmd, 'pending', :t, :now)"),
+                {"c": command.channel_id, "o": command.api_order_no, "u": command.user_id, "cur": command.currency,
+                 "a": command.amount, "cmd": encode(command).decode(), "t": command.ts, "now": now})
+            row = (await conn.execute(text(
+                "SELECT command FROM player_debit WHERE channel_id = :c AND api_order_no = :o"),
+                {"c": command.channel_id, "o": command.api_order_no})).first()
+        first = decode(row.command, (PlaceBet,))
+        if (first.user_id, first.amount, first.currency) != (command.user_id, command.amount, command.currency):
+            raise BadRequest(409, "order_no_taken", "api_order_no already used with different content")
+        result = await self._debit(first)
+        if not result.ok:
+            return result
+        return await self.decide(first, "player_place")
+
+    async def _debit(self, command: PlaceBet) -> WalletResult:
+        """Debit (or repeat the debit of) one bet's stake; records the outcome."""
+        try:
+            result = await self.wallet.debit(command.api_order_no, command.user_id, command.currency, command.amount,
+                                             meta={"channel_id": command.channel_id, "kind": "stake"})
+        except WalletUnavailable:
+            DEBITS.labels(outcome="unknown").inc()
+            raise
+        DEBITS.labels(outcome=result.status).inc()
+        state = "debited" if result.ok else "refused"
+        async with self.db.begin() as conn:
+            await conn.execute(text(
+                "UPDATE player_debit SET state = :s, wallet_result = :r, updated_at = :now"
+                " WHERE channel_id = :c AND api_order_no = :o AND state = 'pending'"),
+                {"s": state, "r": json.dumps(result.__dict__), "now": int(time.time() * 1000),
+                 "c": command.channel_id, "o": command.api_order_no})
+        return result
+
+    async def _resolve_debits(self) -> None:
+        """Finish debits whose answer was lost: repeat them, then let the pipeline decide."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                now = int(time.time() * 1000)
+                async with self.db.begin() as conn:
+                    rows = (await conn.execute(text(
+                        "SELECT command, state FROM player_debit WHERE state IN ('pending', 'debited')"
+                        " AND updated_at < :stale ORDER BY updated_at LIMIT 100 FOR UPDATE SKIP LOCKED"),
+                        {"stale": now - 5000})).all()
+                    for row in rows:
+                        await conn.execute(text(
+                            "UPDATE player_debit SET updated_at = :now WHERE channel_id = :c AND api_order_no = :o"),
+                            {"now": now, "c": json.loads(row.command)["channel_id"],
+                             "o": json.loads(row.command)["api_order_no"]})
+                for row in rows:
+                    command = decode(row.command, (PlaceBet,))
+                    if row.state == "pending" and not (await self._debit(command)).ok:
+                        continue
+                    await self._send_command(command)
+                    async with self.db.begin() as conn:
+                        await conn.execute(text(
+                            "UPDATE player_debit SET state = 'placed', updated_at = :now"
+                            " WHERE channel_id = :c AND api_order_no = :o"),
+                            {"now": int(time.time() * 1000), "c": command.channel_id, "o": command.api_order_no})
+                    log.info("resolved the debit of %s/%s: placed with its original receive time",
+                             command.channel_id, command.api_order_no)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:   # keep resolving after any failure; the rows stay
+                log.warning("debit resolver: %s", error)
+
+    async def mark_placed(self, command: PlaceBet) -> None:
+        async with self.db.begin() as conn:
+            await conn.execute(text(
+                "UPDATE player_debit SET state = 'placed', updated_at = :now"
+                " WHERE channel_id = :c AND api_order_no = :o"),
+                {"now": int(time.time() * 1000), "c": command.channel_id, "o": command.api_order_no})
+
+    async def _send_command(self, command: Command) -> None:
+        assert self.producer is not None
+        await self.producer.send_and_wait(self.settings.topic(COMMAND), encode(command),
+                                          key=command.channel_id.encode())
 
     def channel_config(self, channel_id: str) -> dict[str, Any]:
         config = self.channels.get(channel_id)
@@ -324,6 +419,32 @@ async def place_bet(request: web.Request) -> web.Response:
     return _answer(await gateway.decide(command, "place"), "place")
 
 
+async def place_player_bet(request: web.Request) -> web.Response:
+    """Seamless mode: debit the player's wallet, then place the bet (refunded if refused)."""
+    gateway: Gateway = request.app[KEY_SETTINGS]
+    body = await signed_json(request, roles=("player", "game", "admin"))
+    command = place_command(gateway, request, body, debited=True)
+    await gateway.claim_order(gateway.channels[command.channel_id], command.channel_id, command.api_order_no)
+    try:
+        outcome = await gateway.debit_and_place(command)
+    except WalletUnavailable as error:
+        return _problem(503, "wallet_unavailable",
+                        f"{error.reason}; repeat the request with the same api_order_no to finish it")
+    except WalletError as error:
+        return _problem(502, "wallet_error", str(error))
+    if isinstance(outcome, WalletResult):
+        REQUESTS.labels(op="player_place", status="refused").inc()
+        return web.json_response({"status": "refused", "api_order_no": command.api_order_no,
+                                  "reason": outcome.reason or outcome.status}, status=409)
+    await gateway.mark_placed(command)
+    response = _answer(outcome, "player_place")
+    if outcome.status != "accepted":
+        body = json.loads(response.body)
+        body["refund"] = "automatic"
+        return web.json_response(body, status=response.status)
+    return response
+
+
 async def _bet_command(request: web.Request, kind: type[Command], op: str) -> web.Response:
     gateway: Gateway = request.app[KEY_SETTINGS]
     body = await signed_json(request)
@@ -400,6 +521,7 @@ def make_app(settings: Settings | None = None) -> web.Application:
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_post("/v1/bets", place_bet)
+    app.router.add_post("/v1/player/bets", place_player_bet)
     app.router.add_post("/v1/channels/{channel_id}/bets/{api_order_no}/cancel", cancel_bet)
     app.router.add_post("/v1/channels/{channel_id}/bets/{api_order_no}/cashout", cashout_bet)
     app.router.add_get("/v1/channels/{channel_id}/bets/{api_order_no}", read_bet)
