@@ -47,7 +47,7 @@ async def read_term_events(settings: Settings, topic_name: str, channel_id: str,
     """The term's events on one topic, in partition order, duplicates removed."""
     topic = settings.topic(topic_name)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None,
-                                enable_auto_commit=False)
+                                enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:
         partitions = sorted(consumer.partitions_for_topic(topic) or [])

@@ -277,8 +277,10 @@ class Pipeline:
 
     async def read_topic(self, name: str, key: str | None = None) -> list[tuple[Any, bytes, int, int]]:
         """Everything on a topic now: [(decoded record or None, raw value, partition, offset)]."""
+        # earliest: a fresh assignment must not start at the end (a fetch from there could
+        # race the seek to the beginning and end the read early).
         consumer = AIOKafkaConsumer(bootstrap_servers=self.base.kafka_bootstrap, enable_auto_commit=False,
-                                    group_id=None)
+                                    group_id=None, auto_offset_reset="earliest")
         await consumer.start()
         try:
             topic = self.topic(name)
@@ -307,8 +309,10 @@ class Pipeline:
 
     async def read_topic_raw(self, topic: str) -> list[bytes]:
         """Every value now on a physical topic (no prefix added), e.g. a Faust changelog."""
+        # earliest: a fresh assignment must not start at the end (a fetch from there could
+        # race the seek to the beginning and end the read early).
         consumer = AIOKafkaConsumer(bootstrap_servers=self.base.kafka_bootstrap, enable_auto_commit=False,
-                                    group_id=None)
+                                    group_id=None, auto_offset_reset="earliest")
         await consumer.start()
         try:
             partitions = [TopicPartition(topic, p) for p in await self._partitions(consumer, topic)]
@@ -379,3 +383,96 @@ async def wait_consumed(pipeline: Pipeline, names: list[str], timeout: float = 6
         return all(committed.get(tp, 0) >= end for tp, end in ends.items() if end > 0)
 
     await wait_for(caught_up, timeout, f"the workers to consume {names}", every=0.5)
+
+
+class DirectCommands:
+    """Commands published straight to game.command with chosen receive times (as a gateway
+    would stamp them), and their replies read from game.reply: for exact timing tests."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.gateway_id = f"direct-{uuid.uuid4().hex[:8]}"
+        self.consumer: AIOKafkaConsumer | None = None
+        self.replies: dict[str, Any] = {}
+
+    async def start(self) -> None:
+        from aiokafka.partitioner import DefaultPartitioner
+        topic = self.pipeline.topic("game.reply")
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.pipeline.base.kafka_bootstrap, group_id=None,
+                                         enable_auto_commit=False)
+        await self.consumer.start()
+        partitions = sorted(await Pipeline._partitions(self.consumer, topic))
+        tp = TopicPartition(topic, DefaultPartitioner()(self.gateway_id.encode(), partitions, partitions))
+        self.consumer.assign([tp])
+        await self.consumer.seek_to_end(tp)
+        await self.consumer.position(tp)
+
+    async def stop(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+
+    async def send(self, command_type: type, channel_id: str, ts: int, **fields: Any) -> str:
+        from streams.codec import encode
+        command_id = f"cmd-{uuid.uuid4().hex}"
+        command = command_type(event_id=command_id, channel_id=channel_id, ts=ts, gateway_id=self.gateway_id,
+                               **fields)
+        await self.pipeline.publish("game.command", channel_id, encode(command))
+        return command_id
+
+    async def reply(self, command_id: str, timeout: float = 30) -> Any:
+        assert self.consumer is not None
+
+        async def arrived() -> Any:
+            for messages in (await self.consumer.getmany(timeout_ms=100)).values():
+                for m in messages:
+                    try:
+                        record = decode(m.value)
+                    except DecodeError:
+                        continue
+                    self.replies[record.command_id] = record
+            return self.replies.get(command_id)
+
+        return await wait_for(arrived, timeout, f"the reply to {command_id}", every=0)
+
+
+async def peek_crash_points(pipeline: Pipeline, channel_id: str, config: dict[str, Any]):
+    """The committed crash point of every chain index, read from the secret store as an auditor
+    with the secret grant could (tests only: nothing else outside the orchestrator does this)."""
+    from streams import fairness
+    from tables.chain_store import ChainStore
+    store = ChainStore(pipeline.base.secret_db_url)
+    chain = await store.get(channel_id, 1)
+    await store.close()
+
+    def crash_of(index: int) -> int:
+        return fairness.crash_point_x100(chain.hash_at(index), chain.salt, config.get("edge_bps", 100),
+                                         config["max_multiple_x100"])
+    return crash_of
+
+
+async def next_term(pipeline: Pipeline, channel_id: str, crash_of, wanted: Callable[[int], bool],
+                    window_left_ms: int = 800, timeout: float = 180) -> tuple[dict[str, Any], int]:
+    """Wait for a term taking bets, with `window_left_ms` of its window left, whose committed
+    crash point satisfies `wanted`; returns (live term, crash point)."""
+    async def found():
+        term = await pipeline.live_term(channel_id)
+        if not term or term["state"] != "pre_start" or term["bets_close_at"] - now_ms() < window_left_ms:
+            return None
+        crash = crash_of(int(term["term_id"].rsplit("-", 1)[1]))
+        return (term, crash) if wanted(crash) else None
+    return await wait_for(found, timeout, f"a term of {channel_id} with a suitable crash point", every=0.05)
+
+
+async def sleep_until(ts_ms: int) -> None:
+    """Wait for a point in time (for commands that must be received after a deadline)."""
+    await asyncio.sleep(max(0.0, (ts_ms - now_ms()) / 1000))
+
+
+async def taking_bets(pipeline: Pipeline, channel_id: str, window_left_ms: int = 800,
+                      timeout: float = 90) -> dict[str, Any]:
+    """The next term of the channel with at least `window_left_ms` of its betting window left."""
+    async def found():
+        term = await pipeline.live_term(channel_id)
+        ok = term and term["state"] == "pre_start" and term["bets_close_at"] - now_ms() >= window_left_ms
+        return term if ok else None
+    return await wait_for(found, timeout, f"a term of {channel_id} taking bets", every=0.03)
