@@ -53,8 +53,24 @@ async def migrate_all(urls: dict[str, str]) -> dict[str, list[str]]:
     return {database: await migrate(database, url) for database, url in urls.items()}
 
 
-if __name__ == "__main__":  # pragma: no cover
+def main(argv: list[str] | None = None) -> int:
+    """`python -m sql.migrate [crash] [crash_secret] [apisys]` (default: all three; production
+    deployments that use the operator's own wallet skip apisys)."""
+    import sys
+
     from streams.settings import get_settings
 
     s = get_settings()
-    print(asyncio.run(migrate_all({"crash": s.db_url, "crash_secret": s.secret_db_url, "apisys": s.wallet_db_url})))
+    urls = {"crash": s.db_url, "crash_secret": s.secret_db_url, "apisys": s.wallet_db_url}
+    names = (argv if argv is not None else sys.argv[1:]) or list(urls)
+    unknown = [name for name in names if name not in urls]
+    if unknown:
+        print(f"unknown database(s): {', '.join(unknown)} (choose from {', '.join(urls)})", file=sys.stderr)
+        return 2
+    applied = asyncio.run(migrate_all({name: urls[name] for name in names}))
+    print("migrations applied: " + ", ".join(f"{db}: {len(v)}" for db, v in applied.items()))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -74,6 +74,8 @@ class Settings:
     payout_backoff_cap_ms: int = field(default_factory=lambda: _env_int("CRASH_PAYOUT_BACKOFF_CAP_MS", 30000))
     payout_lease_ms: int = field(default_factory=lambda: _env_int("CRASH_PAYOUT_LEASE_MS", 15000))
     payout_http_timeout_ms: int = field(default_factory=lambda: _env_int("CRASH_PAYOUT_HTTP_TIMEOUT_MS", 3000))
+    payout_poll_ms: int = field(default_factory=lambda: _env_int("CRASH_PAYOUT_POLL_MS", 200))
+    payout_metrics_port: int = field(default_factory=lambda: _env_int("CRASH_PAYOUT_METRICS_PORT", 9101))
     log_level: str = field(default_factory=lambda: _env("CRASH_LOG_LEVEL", "info"))
 
     def topic(self, name: str) -> str:

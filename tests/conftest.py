@@ -6,8 +6,8 @@ import os
 from collections.abc import AsyncIterator
 
 import pytest
-from harness import Pipeline
 
+from harness import Pipeline
 from streams.settings import Settings, get_settings
 
 _open_pipelines: list[Pipeline] = []

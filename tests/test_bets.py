@@ -89,7 +89,8 @@ async def _play_term(pipe, channel_id: str, growth: float, rng: random.Random) -
     await asyncio.gather(*(one(i) for i in range(40)))
     accepted = [o for o, b in bets.items() if b["status"] == 200]
     assert len(accepted) >= 30, [b["answer"].get("reason") for b in bets.values() if b["status"] != 200]
-    assert all(bets[o]["answer"]["term_id"] == term["term_id"] for o in accepted)
+    assert all(bets[o]["answer"]["term_id"] == term["term_id"] for o in accepted), (
+        term, now_ms(), sorted({bets[o]["answer"]["term_id"] for o in accepted}))
     for order in rng.sample(accepted, 4):
         bets[order]["cancel"] = await pipe.api("POST", f"/v1/channels/{channel_id}/bets/{order}/cancel",
                                                {"user_id": bets[order]["user"]})

@@ -6,8 +6,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from harness import first_ms_at, now_ms, wait_for
 
+from harness import first_ms_at, now_ms, wait_for
 from streams import fairness
 from streams.events import TermCrashed, TermCreated
 from tables.chain_store import ChainStore

@@ -9,6 +9,7 @@ import subprocess
 import uuid
 
 import pytest
+
 from harness import (
     BIN,
     FAST_CONFIG,
@@ -17,7 +18,6 @@ from harness import (
     wait_consumed,
     wait_for,
 )
-
 from streams.verify import verify_channel
 
 pytestmark = pytest.mark.slow

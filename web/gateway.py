@@ -110,6 +110,7 @@ class Gateway:
         self.db = make_engine(settings.db_url, pool_size=3)
         self.wallet = WalletClient.from_settings(settings)
         self._tasks: list[asyncio.Task] = []
+        self._background: set[asyncio.Task] = set()
 
     # ---------------------------------------------------------- lifecycle
 
@@ -251,6 +252,15 @@ class Gateway:
             return result
         return await self.decide(first, "player_place")
 
+    async def _record_debit(self, command: PlaceBet, result: WalletResult) -> None:
+        state = "debited" if result.ok else "refused"
+        async with self.db.begin() as conn:
+            await conn.execute(text(
+                "UPDATE player_debit SET state = :s, wallet_result = :r, updated_at = :now"
+                " WHERE channel_id = :c AND api_order_no = :o AND state = 'pending'"),
+                {"s": state, "r": json.dumps(result.__dict__), "now": int(time.time() * 1000),
+                 "c": command.channel_id, "o": command.api_order_no})
+
     async def _debit(self, command: PlaceBet) -> WalletResult:
         """Debit (or repeat the debit of) one bet's stake; records the outcome."""
         try:
@@ -260,13 +270,10 @@ class Gateway:
             DEBITS.labels(outcome="unknown").inc()
             raise
         DEBITS.labels(outcome=result.status).inc()
-        state = "debited" if result.ok else "refused"
-        async with self.db.begin() as conn:
-            await conn.execute(text(
-                "UPDATE player_debit SET state = :s, wallet_result = :r, updated_at = :now"
-                " WHERE channel_id = :c AND api_order_no = :o AND state = 'pending'"),
-                {"s": state, "r": json.dumps(result.__dict__), "now": int(time.time() * 1000),
-                 "c": command.channel_id, "o": command.api_order_no})
+        if not result.ok:
+            await self._record_debit(command, result)
+        # An ok debit is not recorded here: the bet is placed at once, and a row left
+        # 'pending' is resolved by repeating the (idempotent) debit.
         return result
 
     async def _resolve_debits(self) -> None:
@@ -301,6 +308,11 @@ class Gateway:
                 raise
             except Exception as error:   # keep resolving after any failure; the rows stay
                 log.warning("debit resolver: %s", error)
+
+    def in_background(self, coroutine) -> None:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def mark_placed(self, command: PlaceBet) -> None:
         async with self.db.begin() as conn:
@@ -436,7 +448,7 @@ async def place_player_bet(request: web.Request) -> web.Response:
         REQUESTS.labels(op="player_place", status="refused").inc()
         return web.json_response({"status": "refused", "api_order_no": command.api_order_no,
                                   "reason": outcome.reason or outcome.status}, status=409)
-    await gateway.mark_placed(command)
+    gateway.in_background(gateway.mark_placed(command))   # bookkeeping, off the answer's path
     response = _answer(outcome, "player_place")
     if outcome.status != "accepted":
         body = json.loads(response.body)
@@ -447,7 +459,9 @@ async def place_player_bet(request: web.Request) -> web.Response:
 
 async def _bet_command(request: web.Request, kind: type[Command], op: str) -> web.Response:
     gateway: Gateway = request.app[KEY_SETTINGS]
-    body = await signed_json(request)
+    # The player page acts for its players too (seamless mode); the pipeline checks that the
+    # user owns the bet.
+    body = await signed_json(request, roles=("game", "player", "admin"))
     channel_id = request.match_info["channel_id"]
     gateway.channel_config(channel_id)
     api_order_no = request.match_info["api_order_no"]

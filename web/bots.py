@@ -1,0 +1,899 @@
+"""`crash-bots`: bot players, the demo's load generator.
+
+N bot players (`bot-<seed>-<i>`) bet on the channels' live terms through the bet API, at an
+overall rate of about R bets/s while betting windows are open (DESIGN sections 5, 8, 9):
+
+- `seamless` mode (players on our page): `POST /v1/player/bets`, signed with the key whose role
+  is `player`; the gateway debits the player's wallet first, so players are funded beforehand
+  through the wallet's admin API (key with role `admin`), and their balances move as they play;
+- `transfer` mode: `POST /v1/bets`, signed with the key whose role is `game`; the operator's
+  platform has already debited the player.
+
+One poller per channel follows `GET /v1/channels/{id}` (~every 100 ms) and estimates the offset
+of the server's clock. Manual bets cash out when the multiplier computed locally (from the term's
+`flying_at` and the channel's growth) reaches the player's private target; some are too late,
+which is part of the game. Answers are counted by outcome and reason; a 503 or a lost connection
+is retried with the same api_order_no (the pipeline answers a repeat with its first decision).
+A report line every 5 s, a JSON summary on exit (SIGINT/SIGTERM or --duration).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import logging
+import math
+import random
+import secrets
+import signal
+import sys
+import time
+from collections import Counter, deque
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from streams import money
+from streams.settings import Settings, get_settings
+from web.signing import sign_headers
+from web.wallet_client import WalletClient, WalletError, WalletRejected
+
+log = logging.getLogger("crash.bots")
+
+POLL_S = 0.1                 # one poll per channel every ~100 ms, shared by all players
+REPORT_S = 5.0
+PLACER_TICK_S = 0.01         # the token bucket is refilled and spent every 10 ms
+BURST_S = 0.05               # bucket size: 50 ms worth of bets (a window opening is not a flood)
+CLOSE_MARGIN_MS = 50         # a bet sent later than this before bets_close_at would likely be refused
+AUTO_SHARE = 0.6
+CANCEL_SHARE = 0.1
+CANCEL_DELAY_S = (0.05, 0.3)
+MAX_TARGET_X100 = 2000       # targets are drawn from 1.01x to 20x (then capped by the channel)
+RETRIES = 4                  # repeats of one command after a 503 or a lost connection
+BACKOFF_CAP_S = 5.0
+BALANCE_SAMPLE = 5           # players whose balances the report sums (seamless mode)
+FUNDING_CONCURRENCY = 16
+REFILL_EVERY_S = 30.0
+ENDED = frozenset({"crashed", "closed", "aborted"})
+EXIT_CONFIG = 2
+
+
+class ConfigurationError(Exception):
+    """Something the operator must fix (missing key, wallet refusing our key...)."""
+
+
+# ---------------------------------------------------------------- options
+
+@dataclass(frozen=True)
+class Options:
+    players: int
+    rate: float
+    channels: tuple[str, ...]
+    duration: float | None
+    mode: str
+    gateway: str
+    wallet: str
+    report_json: str | None
+    seed: int
+    quiet: bool
+    balance: int
+    refill_below: int
+    connections: int
+    drain: float
+    record_bets: bool
+
+
+def parse_args(argv: list[str] | None, settings: Settings) -> Options:
+    parser = argparse.ArgumentParser(prog="crash-bots", description="Bot players: load for the crash game's bet API.")
+    parser.add_argument("--players", type=int, required=True, help="number of bot players")
+    parser.add_argument("--rate", type=float, required=True,
+                        help="bets per second over all channels while betting windows are open")
+    parser.add_argument("--channels", default="", help="comma-separated channel ids (default: all the gateway knows)")
+    parser.add_argument("--duration", type=float, default=None, help="seconds to run (default: until SIGINT/SIGTERM)")
+    parser.add_argument("--mode", choices=("seamless", "transfer"), default="seamless")
+    parser.add_argument("--gateway", default=f"http://127.0.0.1:{settings.gateway_port}", help="bet API base URL")
+    parser.add_argument("--wallet", default=settings.wallet_url, help="wallet base URL (seamless mode)")
+    parser.add_argument("--report-json", default=None, help="also write the final summary to this file")
+    parser.add_argument("--seed", type=int, default=1, help="player ids and random choices (bot-<seed>-<i>)")
+    parser.add_argument("--quiet", action="store_true", help="no report line every 5 s")
+    parser.add_argument("--balance", type=int, default=1_000_000,
+                        help="seamless mode: starting balance in minor units of every player and currency")
+    parser.add_argument("--refill-below", type=int, default=None,
+                        help="seamless mode: fund a player whose balance is below this (default: balance / 10)")
+    parser.add_argument("--connections", type=int, default=256, help="HTTP connection limit")
+    parser.add_argument("--drain", type=float, default=5.0,
+                        help="seconds to let requests in flight finish after the stop")
+    parser.add_argument("--record-bets", action="store_true",
+                        help="list every accepted bet (channel, api_order_no) in the --report-json file")
+    args = parser.parse_args(argv)
+    if args.players < 1 or args.rate <= 0:
+        parser.error("--players must be >= 1 and --rate > 0")
+    if args.balance < 1 or args.connections < 1:
+        parser.error("--balance and --connections must be positive")
+    if args.duration is not None and args.duration <= 0:
+        parser.error("--duration must be positive")
+    refill_below = args.refill_below if args.refill_below is not None else args.balance // 10
+    channels = tuple(c.strip() for c in args.channels.split(",") if c.strip())
+    return Options(players=args.players, rate=args.rate, channels=channels, duration=args.duration, mode=args.mode,
+                   gateway=args.gateway.rstrip("/"), wallet=args.wallet, report_json=args.report_json,
+                   seed=args.seed, quiet=args.quiet, balance=args.balance, refill_below=refill_below,
+                   connections=args.connections, drain=args.drain, record_bets=args.record_bets)
+
+
+def key_for_role(api_keys: dict[str, tuple[str, str]], role: str, preferred: str) -> tuple[str, str]:
+    """(key_id, secret) of the key with `role`; `preferred` wins if several have it."""
+    ids = sorted(key_id for key_id, (_, key_role) in api_keys.items() if key_role == role)
+    if not ids:
+        raise ConfigurationError(
+            f"no key with role {role!r} in CRASH_API_KEYS (key_id:secret:role,...); "
+            f"have: {', '.join(f'{k}:{r}' for k, (_, r) in sorted(api_keys.items())) or 'none'}")
+    key_id = preferred if preferred in ids else ids[0]
+    return key_id, api_keys[key_id][0]
+
+
+# ---------------------------------------------------------------- random draws
+
+def log_uniform_stake(rng: random.Random, low: int, high: int) -> int:
+    """A stake in minor units, log-uniform in [low, high] (small bets are common, big ones rare)."""
+    if high <= low:
+        return low
+    value = round(math.exp(rng.uniform(math.log(low), math.log(high))))
+    return min(high, max(low, value))
+
+
+def heavy_tailed_target(rng: random.Random, cap_x100: int) -> int:
+    """A target multiple in hundredths, Pareto-like as the crash point: P(target >= x) ~ 1/x."""
+    top = max(money.MIN_AUTO_CASHOUT_X100, min(MAX_TARGET_X100, cap_x100))
+    r = rng.random() * (1 - 100 / top)
+    return min(top, max(money.MIN_AUTO_CASHOUT_X100, math.floor(100 / (1 - r))))
+
+
+# ---------------------------------------------------------------- statistics
+
+class Quantiles:
+    """Latency quantiles in bounded memory: logarithmic buckets 2 % wide from 0.1 ms."""
+
+    RATIO = 1.02
+    FLOOR_MS = 0.1
+
+    def __init__(self) -> None:
+        self.buckets: Counter[int] = Counter()
+        self.count = 0
+        self.max_ms = 0.0
+
+    def add(self, ms: float) -> None:
+        bucket = 0 if ms <= self.FLOOR_MS else int(math.log(ms / self.FLOOR_MS, self.RATIO)) + 1
+        self.buckets[bucket] += 1
+        self.count += 1
+        self.max_ms = max(self.max_ms, ms)
+
+    def quantile(self, q: float) -> float | None:
+        if not self.count:
+            return None
+        rank = max(1, math.ceil(q * self.count))
+        seen = 0
+        for bucket in sorted(self.buckets):
+            seen += self.buckets[bucket]
+            if seen >= rank:
+                return min(self.max_ms, self.FLOOR_MS * self.RATIO ** bucket)
+        return self.max_ms
+
+    def summary(self) -> dict[str, Any]:
+        def r(value: float | None) -> float | None:
+            return None if value is None else round(value, 1)
+        return {"count": self.count, "p50": r(self.quantile(0.5)), "p90": r(self.quantile(0.9)),
+                "p99": r(self.quantile(0.99)), "max": r(self.max_ms) if self.count else None}
+
+
+@dataclass
+class OpStats:
+    """One operation's outcomes (place, cancel or cashout), over the run or over a window."""
+    sent: int = 0
+    accepted: int = 0
+    refused: Counter[str] = field(default_factory=Counter)
+    failed: int = 0          # no definitive answer: gave up, 5xx, unexpected 4xx
+    retries: int = 0
+    latency: Quantiles = field(default_factory=Quantiles)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"sent": self.sent, "accepted": self.accepted, "refused": sum(self.refused.values()),
+                "refused_by_reason": dict(self.refused.most_common()), "failed": self.failed,
+                "retries": self.retries, "latency_ms": self.latency.summary()}
+
+
+OPS = ("place", "cancel", "cashout")
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.total = {op: OpStats() for op in OPS}
+        self.window = {op: OpStats() for op in OPS}
+        self.window_started = time.monotonic()
+        self.http_5xx: Counter[str] = Counter()
+        self.unexpected_4xx: Counter[str] = Counter()
+        self.connection_errors = 0
+        self.gave_up: Counter[str] = Counter()
+        self.poll_errors = 0
+        self.missed_cashouts: Counter[str] = Counter()  # the player saw the term end before the target
+        self.accepted_by_channel: Counter[str] = Counter()
+        self.staked: Counter[str] = Counter()           # accepted stakes by currency, minor units
+        self.cashout_payout: Counter[str] = Counter()   # manual cashouts' payouts by currency
+        self.accepted_bets: list[tuple[str, str]] = []
+        self.funded = 0
+        self.refills = 0
+        self.bot_errors = 0
+
+    def _both(self, op: str) -> tuple[OpStats, OpStats]:
+        return self.total[op], self.window[op]
+
+    def sent(self, op: str) -> None:
+        for s in self._both(op):
+            s.sent += 1
+
+    def answered(self, op: str, accepted: bool, reason: str, latency_ms: float) -> None:
+        for s in self._both(op):
+            if accepted:
+                s.accepted += 1
+            else:
+                s.refused[reason] += 1
+            s.latency.add(latency_ms)
+
+    def failed(self, op: str) -> None:
+        for s in self._both(op):
+            s.failed += 1
+
+    def retried(self, op: str) -> None:
+        for s in self._both(op):
+            s.retries += 1
+
+    def new_window(self) -> tuple[dict[str, OpStats], float]:
+        window, seconds = self.window, time.monotonic() - self.window_started
+        self.window = {op: OpStats() for op in OPS}
+        self.window_started = time.monotonic()
+        return window, seconds
+
+
+# ---------------------------------------------------------------- gateway access
+
+class Health:
+    """Shared backoff while the gateway does not answer (restarting): nobody hammers it."""
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self.down_until = 0.0
+
+    def failed(self) -> float:
+        self.failures += 1
+        delay = min(BACKOFF_CAP_S, 0.1 * 2 ** min(self.failures, 6)) * random.uniform(0.5, 1.0)
+        self.down_until = max(self.down_until, time.monotonic() + delay)
+        return delay
+
+    def ok(self) -> None:
+        self.failures = 0
+        self.down_until = 0.0
+
+    @property
+    def down(self) -> bool:
+        return time.monotonic() < self.down_until
+
+    async def wait(self) -> None:
+        while (delay := self.down_until - time.monotonic()) > 0:
+            await asyncio.sleep(delay)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A definitive answer of the pipeline (HTTP 200 accepted or 409 refused)."""
+    body: dict[str, Any]
+
+    @property
+    def accepted(self) -> bool:
+        return self.body.get("status") == "accepted"
+
+    @property
+    def reason(self) -> str:
+        return str(self.body.get("reason") or self.body.get("status") or "unknown")
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _retry_delay(attempt: int) -> float:
+    return min(BACKOFF_CAP_S, 0.2 * 2 ** (attempt - 1)) * random.uniform(0.7, 1.3)
+
+
+class BetApi:
+    """Signed bet-API commands over the shared session, with retries and error accounting."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, key: tuple[str, str], stats: Stats,
+                 health: Health, timeout_s: float) -> None:
+        self.session = session
+        self.base = base_url
+        self.key_id, self.secret = key
+        self.stats = stats
+        self.health = health
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._logged: Counter[str] = Counter()
+
+    def url(self, path: str) -> URL:
+        return URL(self.base + path)
+
+    async def get(self, path: str) -> tuple[int, Any]:
+        """An unsigned read; connection errors are the caller's."""
+        async with self.session.get(self.url(path), timeout=aiohttp.ClientTimeout(total=5)) as response:
+            return response.status, _json(await response.read())
+
+    async def command(self, op: str, path: str, body: dict[str, Any]) -> Answer | None:
+        """Send one command until a definitive answer; None when none came (already counted)."""
+        url = self.url(path)
+        raw = json.dumps(body, separators=(",", ":")).encode()
+        self.stats.sent(op)
+        for attempt in range(RETRIES + 1):
+            if attempt:
+                self.stats.retried(op)
+                await asyncio.sleep(_retry_delay(attempt))
+            await self.health.wait()
+            # A fresh signature (nonce) per attempt; the body, and so the api_order_no, stays.
+            headers = sign_headers(self.key_id, self.secret, "POST", url.raw_path_qs, raw)
+            headers["Content-Type"] = "application/json"
+            started = time.perf_counter()
+            try:
+                async with self.session.post(url, data=raw, headers=headers, timeout=self.timeout) as response:
+                    status, data = response.status, _json(await response.read())
+            except (aiohttp.ClientError, TimeoutError) as error:
+                # Sent or not, we cannot know: repeat the same request once the gateway answers again.
+                self.stats.connection_errors += 1
+                self.health.failed()
+                self._log(f"{op} connection", f"{op} {path}: {type(error).__name__}: {error}")
+                continue
+            self.health.ok()
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            data = data if isinstance(data, dict) else {}
+            if status in (200, 409) and data.get("status") in ("accepted", "refused"):
+                answer = Answer(data)
+                self.stats.answered(op, answer.accepted, answer.reason, elapsed_ms)
+                return answer
+            label = f"{op} {status} {data.get('error', '?')}"
+            if status == 503:  # decision_timeout / wallet_unavailable: the same request finishes it
+                self.stats.http_5xx[label] += 1
+                continue
+            if status >= 500:
+                self.stats.http_5xx[label] += 1
+            else:  # any other 4xx is a bug of the bots (or a gateway regression): say so
+                self.stats.unexpected_4xx[label] += 1
+            self._log(label, f"{op} {path} -> HTTP {status}: {data or '(no JSON body)'}")
+            self.stats.failed(op)
+            return None
+        self.stats.gave_up[op] += 1
+        self.stats.failed(op)
+        return None
+
+    def _log(self, label: str, message: str) -> None:
+        """The first few of each kind, then every 100th (a broken gateway must not flood the log)."""
+        self._logged[label] += 1
+        n = self._logged[label]
+        if n <= 5 or n % 100 == 0:
+            log.warning("%s (seen %d times)", message, n)
+
+
+class ServerClock:
+    """Server time from the polls: the clocks are NTP-synced; this absorbs what is left."""
+
+    def __init__(self) -> None:
+        self._samples: deque[tuple[float, float]] = deque(maxlen=50)   # (round trip, offset) in ms
+        self.offset_ms = 0.0
+
+    def sample(self, sent_ms: float, received_ms: float, server_ms: int) -> None:
+        self._samples.append((received_ms - sent_ms, server_ms - (sent_ms + received_ms) / 2))
+        self.offset_ms = min(self._samples)[1]     # the fastest round trip bounds the error best
+
+    def now_ms(self) -> float:
+        return time.time() * 1000 + self.offset_ms
+
+
+# ---------------------------------------------------------------- channels and terms
+
+class TermPlay:
+    """The bots' bookkeeping of one term: bet slots per player under max_bets_per_user."""
+
+    def __init__(self, term_id: str, config: dict[str, Any], limits: list[int]) -> None:
+        self.term_id = term_id
+        self.config = config        # the config the term was seen with (changes apply from the next)
+        self.growth = float(config["growth_per_ms"])
+        self.limits = limits
+        self.used = [0] * len(limits)
+        self.free = [i for i, limit in enumerate(limits) if limit > 0]
+        self._free_set = set(self.free)
+
+    def take(self, rng: random.Random) -> int | None:
+        """A random player with a free slot, now holding one more; None when all are full."""
+        if not self.free:
+            return None
+        k = rng.randrange(len(self.free))
+        player = self.free[k]
+        self.used[player] += 1
+        if self.used[player] >= self.limits[player]:
+            self.free[k] = self.free[-1]
+            self.free.pop()
+            self._free_set.discard(player)
+        return player
+
+    def release(self, player: int) -> None:
+        """The slot was not used after all (refused, cancelled, unknown)."""
+        self.used[player] = max(0, self.used[player] - 1)
+        if self.used[player] < self.limits[player] and player not in self._free_set:
+            self.free.append(player)
+            self._free_set.add(player)
+
+
+class Channel:
+    def __init__(self, channel_id: str) -> None:
+        self.id = channel_id
+        self.config: dict[str, Any] | None = None
+        self.term: dict[str, Any] | None = None     # the latest view from the gateway
+        self.play: TermPlay | None = None
+        self.funded = False                         # seamless: every player's currency here is funded
+        self.funding: asyncio.Task | None = None
+
+    def term_view(self, term_id: str) -> dict[str, Any] | None:
+        term = self.term
+        return term if term is not None and term.get("term_id") == term_id else None
+
+    def betting_open(self, now_ms: float) -> bool:
+        term, play = self.term, self.play
+        return (self.funded and term is not None and play is not None and term.get("term_id") == play.term_id
+                and term.get("state") == "pre_start"
+                and term.get("created_at", 0) <= now_ms < term.get("bets_close_at", 0) - CLOSE_MARGIN_MS)
+
+
+# ---------------------------------------------------------------- the bots
+
+class Bots:
+    def __init__(self, opts: Options, settings: Settings) -> None:
+        self.opts = opts
+        self.settings = settings
+        self.seamless = opts.mode == "seamless"
+        if self.seamless:
+            self.key = key_for_role(settings.api_keys, "player", "player-page")
+            self.admin_key = key_for_role(settings.api_keys, "admin", "admin")
+        else:
+            self.key = key_for_role(settings.api_keys, "game", "operator")
+        self.rng = random.Random(opts.seed)
+        self.run_id = secrets.token_hex(4)      # order numbers stay unique when a seed is reused
+        self.players = [f"bot-{opts.seed}-{i}" for i in range(opts.players)]
+        self.stats = Stats()
+        self.health = Health()
+        self.clock = ServerClock()
+        self.channels: dict[str, Channel] = {}
+        self.stop = asyncio.Event()
+        self.fatal: str | None = None
+        self.tasks: set[asyncio.Task] = set()          # bets, cancels, cashouts, refills
+        self.background: list[asyncio.Task] = []       # pollers, discovery, placer, reporter
+        self.placing = 0
+        self.orders = 0
+        self._currency: dict[tuple[int, str], str] = {}
+        self._funded: set[tuple[int, str]] = set()
+        self._last_refill: dict[tuple[int, str], float] = {}
+        self.load_started: float | None = None
+        self.load_ended: float | None = None
+        self.started = time.monotonic()
+        self.api: BetApi
+        self.wallet: WalletClient | None = None
+
+    # ------------------------------------------------------------ running
+
+    def request_stop(self) -> None:
+        if not self.stop.is_set():
+            log.info("stopping: letting requests in flight finish (up to %.0f s)", self.opts.drain)
+        self.stop.set()
+
+    def spawn(self, coro: Coroutine[Any, Any, None], background: bool = False) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        if background:
+            self.background.append(task)
+        else:
+            self.tasks.add(task)
+        task.add_done_callback(self._task_done)   # a failing task must not die silently
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.stats.bot_errors += 1
+            log.error("bot task failed", exc_info=task.exception())
+
+    async def run(self) -> dict[str, Any]:
+        connector = aiohttp.TCPConnector(limit=self.opts.connections)
+        timeout_s = self.settings.decision_timeout_ms / 1000 + 10   # the gateway answers 503 before that
+        async with aiohttp.ClientSession(connector=connector) as session:
+            self.api = BetApi(session, self.opts.gateway, self.key, self.stats, self.health, timeout_s)
+            if self.seamless:
+                self.wallet = WalletClient(self.opts.wallet, *self.admin_key, timeout_s=5.0, session=session)
+            log.info("%d players, %s bets/s, %s mode, key %s, gateway %s", len(self.players), self.opts.rate,
+                     self.opts.mode, self.key[0], self.opts.gateway)
+            self.spawn(self.discover(), background=True)
+            self.spawn(self.place_loop(), background=True)
+            if not self.opts.quiet:
+                self.spawn(self.report_loop(), background=True)
+            try:
+                await asyncio.wait_for(self.stop.wait(), self.opts.duration)
+            except TimeoutError:
+                pass
+            self.stop.set()
+            self.load_ended = time.monotonic()
+            if self.tasks:
+                _, pending = await asyncio.wait(set(self.tasks), timeout=self.opts.drain)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+            for task in self.background:
+                task.cancel()
+            await asyncio.gather(*self.background, return_exceptions=True)
+            balances = await self.sample_balances() if self.seamless and self.fatal is None else None
+        return self.summary(balances)
+
+    # ------------------------------------------------------------ channels
+
+    async def discover(self) -> None:
+        """Follow the requested channels, or every channel the gateway knows (new ones too)."""
+        if self.opts.channels:
+            for channel_id in self.opts.channels:
+                self.add_channel(channel_id)
+            return
+        waiting_logged = False
+        while not self.stop.is_set():
+            try:
+                status, data = await self.api.get("/v1/channels")
+            except (aiohttp.ClientError, TimeoutError) as error:
+                self.stats.poll_errors += 1
+                log.warning("GET /v1/channels: %s: %s", type(error).__name__, error)
+                await asyncio.sleep(self.health.failed())
+                continue
+            self.health.ok()
+            ids = [c["channel_id"] for c in (data or {}).get("channels", []) if isinstance(c, dict)] \
+                if status == 200 else []
+            for channel_id in ids:
+                self.add_channel(channel_id)
+            if not self.channels and not waiting_logged:
+                log.info("waiting for the gateway to know a channel (GET /v1/channels: HTTP %d)", status)
+                waiting_logged = True
+            await asyncio.sleep(1.0 if not self.channels else 10.0)
+
+    def add_channel(self, channel_id: str) -> None:
+        if channel_id in self.channels:
+            return
+        channel = Channel(channel_id)
+        self.channels[channel_id] = channel
+        log.info("following channel %s", channel_id)
+        self.spawn(self.follow(channel), background=True)
+
+    async def follow(self, channel: Channel) -> None:
+        """The channel's one poller: config, live term and the server's clock, every ~100 ms."""
+        path = f"/v1/channels/{channel.id}"
+        missing_logged = False
+        while True:
+            started = time.monotonic()
+            sent_ms = time.time() * 1000
+            try:
+                status, data = await self.api.get(path)
+            except (aiohttp.ClientError, TimeoutError):
+                self.stats.poll_errors += 1
+                await asyncio.sleep(self.health.failed())
+                continue
+            self.health.ok()
+            if status == 200 and isinstance(data, dict):
+                if isinstance(data.get("server_time"), int):
+                    self.clock.sample(sent_ms, time.time() * 1000, data["server_time"])
+                self.on_channel_state(channel, data)
+            else:
+                if not missing_logged:
+                    log.warning("GET %s: HTTP %d %s (retrying every second)", path, status, data)
+                    missing_logged = True
+                await asyncio.sleep(1.0)
+                continue
+            await asyncio.sleep(max(0.0, POLL_S - (time.monotonic() - started)))
+
+    def on_channel_state(self, channel: Channel, data: dict[str, Any]) -> None:
+        config = data.get("config")
+        if isinstance(config, dict) and config != channel.config:
+            channel.config = config
+            if self.seamless:
+                self.fund_channel(channel)
+            else:
+                channel.funded = True
+        term = data.get("term")
+        channel.term = term if isinstance(term, dict) and term.get("term_id") else None
+        if (channel.term is not None and channel.config is not None
+                and (channel.play is None or channel.play.term_id != channel.term["term_id"])):
+            config = channel.config
+            limits = [config["currencies"][self.currency_of(i, channel)]["max_bets_per_user"]
+                      for i in range(len(self.players))]
+            channel.play = TermPlay(channel.term["term_id"], config, limits)
+
+    def currency_of(self, player: int, channel: Channel) -> str:
+        """The currency a player uses on a channel: a stable random choice among the channel's."""
+        assert channel.config is not None
+        currencies = sorted(channel.config["currencies"])
+        current = self._currency.get((player, channel.id))
+        if current not in currencies:
+            current = random.Random(f"{self.opts.seed}/{player}/{channel.id}").choice(currencies)
+            self._currency[(player, channel.id)] = current
+        return current
+
+    # ------------------------------------------------------------ wallet (seamless mode)
+
+    def fund_channel(self, channel: Channel) -> None:
+        channel.funded = False
+        if channel.funding is not None and not channel.funding.done():
+            channel.funding.cancel()
+        channel.funding = self.spawn(self._fund_channel(channel), background=True)
+
+    async def _fund_channel(self, channel: Channel) -> None:
+        """Before betting on a channel: every player holds at least the threshold in its currency."""
+        pairs = {(i, self.currency_of(i, channel)) for i in range(len(self.players))} - self._funded
+        slots = asyncio.Semaphore(FUNDING_CONCURRENCY)
+
+        async def fund(pair: tuple[int, str]) -> None:
+            async with slots:
+                for attempt in itertools.count(1):
+                    try:
+                        if await self.top_up(*pair):
+                            self.stats.funded += 1
+                        self._funded.add(pair)
+                        return
+                    except WalletRejected as error:
+                        raise ConfigurationError(f"the wallet refuses the bots' admin key: {error}") from None
+                    except WalletError as error:
+                        if attempt == 1 or attempt % 20 == 0:
+                            log.warning("funding %s %s: %s (retrying)", self.players[pair[0]], pair[1], error)
+                        await asyncio.sleep(_retry_delay(min(attempt, 5)))
+
+        try:
+            await asyncio.gather(*(fund(pair) for pair in sorted(pairs)))
+        except ConfigurationError as error:
+            self.fatal = str(error)
+            log.error("%s", error)
+            self.request_stop()
+            return
+        channel.funded = True
+        if pairs:
+            log.info("channel %s: %d player accounts checked, %d funded to %d", channel.id, len(pairs),
+                     self.stats.funded, self.opts.balance)
+
+    async def top_up(self, player: int, currency: str) -> bool:
+        """Set the balance to --balance if it is below the threshold; True if it was set."""
+        assert self.wallet is not None
+        user_id = self.players[player]
+        if await self.wallet.balance(user_id, currency) >= self.opts.refill_below:
+            return False
+        await self.wallet.set_balance(user_id, currency, self.opts.balance)
+        return True
+
+    async def refill(self, player: int, currency: str) -> None:
+        """After insufficient_funds: top the player up again (at most every 30 s), so the demo goes on."""
+        key = (player, currency)
+        now = time.monotonic()
+        if now - self._last_refill.get(key, -REFILL_EVERY_S) < REFILL_EVERY_S:
+            return
+        self._last_refill[key] = now
+        try:
+            if await self.top_up(player, currency):
+                self.stats.refills += 1
+        except WalletError as error:
+            log.warning("refilling %s %s: %s", self.players[player], currency, error)
+
+    async def sample_balances(self) -> dict[str, Any] | None:
+        """Sum of a few players' balances, per currency (what the players actually hold)."""
+        if self.wallet is None:
+            return None
+        pairs = sorted({(i, cur) for (i, _), cur in self._currency.items() if i < BALANCE_SAMPLE})
+        if not pairs:
+            return None
+        try:
+            values = await asyncio.wait_for(
+                asyncio.gather(*(self.wallet.balance(self.players[i], cur) for i, cur in pairs)), 3.0)
+        except (WalletError, TimeoutError) as error:
+            return {"error": str(error) or type(error).__name__}
+        sums: Counter[str] = Counter()
+        for (_, currency), value in zip(pairs, values, strict=True):
+            sums[currency] += value
+        return {"players": sorted({self.players[i] for i, _ in pairs}), "sum_by_currency": dict(sums)}
+
+    # ------------------------------------------------------------ betting
+
+    async def place_loop(self) -> None:
+        """A token bucket at --rate over all channels whose betting window is open."""
+        rate = self.opts.rate
+        capacity = max(1.0, rate * BURST_S)
+        max_placing = self.opts.connections * 4
+        tokens, last = 0.0, time.monotonic()
+        while not self.stop.is_set():
+            now = time.monotonic()
+            tokens = min(capacity, tokens + (now - last) * rate)
+            last = now
+            if self.load_started is None and any(c.funded and c.play for c in self.channels.values()):
+                self.load_started = now     # the load period starts when bots can first bet
+            if tokens >= 1 and not self.health.down and self.placing < max_placing:
+                server_now = self.clock.now_ms()
+                open_channels = [c for c in self.channels.values() if c.betting_open(server_now)]
+                while tokens >= 1 and open_channels:
+                    k = self.rng.randrange(len(open_channels))
+                    channel = open_channels[k]
+                    assert channel.play is not None
+                    player = channel.play.take(self.rng)
+                    if player is None:   # every player is at max_bets_per_user here: place what is allowed
+                        open_channels[k] = open_channels[-1]
+                        open_channels.pop()
+                        continue
+                    tokens -= 1
+                    self.placing += 1
+                    self.spawn(self.bet(channel, channel.play, player))
+            await asyncio.sleep(PLACER_TICK_S)
+
+    def next_order_no(self) -> str:
+        self.orders += 1
+        return f"bot-{self.opts.seed}-{self.run_id}-{self.orders}"
+
+    async def bet(self, channel: Channel, play: TermPlay, player: int) -> None:
+        """One bet: place it; maybe cancel it; if manual, cash out at the player's private target."""
+        config = play.config
+        currency = self.currency_of(player, channel)
+        limits = config["currencies"][currency]
+        user_id = self.players[player]
+        api_order_no = self.next_order_no()
+        body: dict[str, Any] = {"channel_id": channel.id, "api_order_no": api_order_no, "user_id": user_id,
+                                "amount": log_uniform_stake(self.rng, limits["min_bet"], limits["max_bet"]),
+                                "currency": currency}
+        target = heavy_tailed_target(self.rng, config["max_multiple_x100"])
+        manual = self.rng.random() >= AUTO_SHARE
+        if manual:
+            body["bet_type"] = "manual"
+        else:
+            body.update(bet_type="auto", auto_cashout_x100=target)
+        cancel = self.rng.random() < CANCEL_SHARE
+        try:
+            answer = await self.api.command("place", "/v1/player/bets" if self.seamless else "/v1/bets", body)
+        finally:
+            self.placing -= 1
+        if answer is None or not answer.accepted:
+            play.release(player)
+            if answer is not None and answer.reason == "insufficient_funds" and self.seamless:
+                self.spawn(self.refill(player, currency))
+            return
+        self.stats.accepted_by_channel[channel.id] += 1
+        self.stats.staked[currency] += body["amount"]
+        if self.opts.record_bets:
+            self.stats.accepted_bets.append((channel.id, api_order_no))
+        bet_path = f"/v1/channels/{channel.id}/bets/{api_order_no}"
+        if cancel:
+            await asyncio.sleep(self.rng.uniform(*CANCEL_DELAY_S))
+            answer = await self.api.command("cancel", f"{bet_path}/cancel", {"user_id": user_id})
+            if answer is not None and answer.accepted:
+                play.release(player)
+                return
+        if manual:
+            await self.cash_out_at(channel, play, bet_path, user_id, currency, target)
+
+    async def cash_out_at(self, channel: Channel, play: TermPlay, bet_path: str, user_id: str, currency: str,
+                          target_x100: int) -> None:
+        """Watch the local curve and cash out when it reaches the target (if the term is still flying)."""
+        due_ms = money.ms_to_reach(target_x100, play.growth)
+        while True:
+            term = channel.term_view(play.term_id)
+            if term is None:
+                self.stats.missed_cashouts["term_over"] += 1
+                return
+            if term.get("state") in ENDED:
+                self.stats.missed_cashouts[str(term["state"])] += 1
+                return
+            # flying_at is re-read every time: a manual start shifts the schedule.
+            wait_ms = term["flying_at"] + due_ms - self.clock.now_ms()
+            if wait_ms <= 0:
+                break
+            await asyncio.sleep(min(wait_ms / 1000, POLL_S))
+        answer = await self.api.command("cashout", f"{bet_path}/cashout", {"user_id": user_id})
+        if answer is not None and answer.accepted and isinstance(answer.body.get("payout"), int):
+            self.stats.cashout_payout[currency] += answer.body["payout"]
+
+    # ------------------------------------------------------------ reporting
+
+    async def report_loop(self) -> None:
+        while True:
+            await asyncio.sleep(REPORT_S)
+            balances = await self.sample_balances() if self.seamless else None
+            print(self.report_line(balances), flush=True)
+
+    def report_line(self, balances: dict[str, Any] | None) -> str:
+        window, seconds = self.stats.new_window()
+        place, cashout = self.stats.total["place"], self.stats.total["cashout"]
+        reasons = ", ".join(f"{r} {n}" for r, n in place.refused.most_common(3))
+        latency = window["place"].latency
+        p50, p99 = latency.quantile(0.5), latency.quantile(0.99)
+        parts = [
+            f"bets {place.sent} sent, {place.accepted} accepted, {sum(place.refused.values())} refused"
+            + (f" ({reasons})" if reasons else "") + (f", {place.failed} failed" if place.failed else ""),
+            f"{window['place'].accepted / max(seconds, 1e-9):.1f} accepted/s",
+            f"cashouts {cashout.accepted} ok, {sum(cashout.refused.values())} refused",
+            "decision p50 " + ("-" if p50 is None else f"{p50:.1f} ms")
+            + " p99 " + ("-" if p99 is None else f"{p99:.1f} ms"),
+        ]
+        errors = sum(self.stats.http_5xx.values()) + sum(self.stats.unexpected_4xx.values())
+        if errors or self.stats.connection_errors:
+            parts.append(f"errors {errors} HTTP, {self.stats.connection_errors} connection")
+        if balances is not None:
+            sums = balances.get("sum_by_currency")
+            parts.append("balances " + (", ".join(f"{c} {v:,}" for c, v in sorted(sums.items())) if sums
+                                        else str(balances.get("error"))) + f" ({BALANCE_SAMPLE} players)")
+        return f"[{time.strftime('%H:%M:%S')}] " + " | ".join(parts)
+
+    def summary(self, balances: dict[str, Any] | None) -> dict[str, Any]:
+        s = self.stats
+        end = self.load_ended or time.monotonic()
+        load_s = end - self.load_started if self.load_started is not None else 0.0
+        place = s.total["place"]
+        summary: dict[str, Any] = {
+            "mode": self.opts.mode, "gateway": self.opts.gateway, "key_id": self.key[0],
+            "players": len(self.players), "rate": self.opts.rate, "seed": self.opts.seed, "run_id": self.run_id,
+            "player_prefix": f"bot-{self.opts.seed}-", "channels": sorted(self.channels),
+            "elapsed_s": round(time.monotonic() - self.started, 3), "load_s": round(load_s, 3),
+            # The demo's first "bets/s sustained" figure: accepted bets over the whole load period.
+            "accepted_bets_per_s": round(place.accepted / load_s, 2) if load_s > 0 else 0.0,
+            "bets": s.total["place"].as_dict(), "cancels": s.total["cancel"].as_dict(),
+            "cashouts": {**s.total["cashout"].as_dict(), "missed": dict(s.missed_cashouts),
+                         "payout_by_currency": dict(s.cashout_payout)},
+            "accepted_by_channel": dict(s.accepted_by_channel), "staked_by_currency": dict(s.staked),
+            "latency_ms": {op: s.total[op].latency.summary() for op in OPS},
+            "errors": {"http_5xx": dict(s.http_5xx), "unexpected_4xx": dict(s.unexpected_4xx),
+                       "connection": s.connection_errors, "gave_up": dict(s.gave_up), "poll": s.poll_errors,
+                       "bot": s.bot_errors},
+            "clock_offset_ms": round(self.clock.offset_ms, 1),
+        }
+        if self.seamless:
+            summary["funding"] = {"balance": self.opts.balance, "refill_below": self.opts.refill_below,
+                                  "funded": s.funded, "refills": s.refills}
+            summary["balances"] = balances
+        if self.fatal:
+            summary["fatal"] = self.fatal
+        return summary
+
+
+async def _run(opts: Options, settings: Settings) -> tuple[dict[str, Any], Bots]:
+    bots = Bots(opts, settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, bots.request_stop)
+    return await bots.run(), bots
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = get_settings()
+    opts = parse_args(argv, settings)
+    logging.basicConfig(level=settings.log_level.upper(), format="[%(asctime)s] [%(levelname)s] %(name)s: %(message)s",
+                        stream=sys.stderr)
+    try:
+        summary, bots = asyncio.run(_run(opts, settings))
+    except ConfigurationError as error:
+        print(f"crash-bots: {error}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    if opts.report_json:
+        full = dict(summary)
+        if opts.record_bets:
+            full["accepted_bets"] = [list(bet) for bet in bots.stats.accepted_bets]
+        with open(opts.report_json, "w") as out:
+            json.dump(full, out, indent=2, sort_keys=True)
+    print(json.dumps(summary, indent=2, sort_keys=True), flush=True)
+    if bots.fatal:
+        print(f"crash-bots: {bots.fatal}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
