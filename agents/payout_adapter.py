@@ -58,7 +58,7 @@ DB_RETRY_CAP_MS = 5_000
 SINGLE_CREDIT_CONCURRENCY = 8
 # Events kept in memory while Kafka is away; beyond this the adapter stops claiming new rows.
 EVENT_BACKLOG_PAUSE = 10_000
-# Batches in flight per process: while one lane records and emits, another keeps the wallet busy.
+# Batches in flight per process: while one lane claims or records, another keeps the wallet busy.
 LANES = 2
 # Connection-level failures of the database (restart, failover, network): log, wait, retry.
 DB_ERRORS: tuple[type[BaseException], ...] = (DBAPIError, OSError, ConnectionError)
@@ -408,7 +408,7 @@ class PayoutAdapter:
 
     # ---- one batch
     async def run_once(self, stop: asyncio.Event | None = None) -> int:
-        """Claim, credit, record and announce one batch; returns the number of rows claimed."""
+        """Claim, credit and record one batch, then hand its events over; returns the rows claimed."""
         started = time.perf_counter()
         rows = await self.claim()
         if not rows:
@@ -450,8 +450,8 @@ class PayoutAdapter:
         log.info("payout adapter stopped")
 
     async def _lane(self, stop: asyncio.Event, lane: int) -> None:
-        """One claim -> credit -> record -> emit loop. Lane 0 polls; the others join in while
-        there is a backlog, so that the wallet is working while a lane records or emits."""
+        """One claim -> credit -> record loop. Lane 0 polls; the others join in while there is a
+        backlog (full batches), so that the wallet is working while a lane claims or records."""
         poll_ms, batch = self.settings.payout_poll_ms, self.settings.payout_batch
         failures = 0
         while not stop.is_set():

@@ -3,6 +3,8 @@
 Each Pipeline has its own topic prefix, Faust app id (consumer group, changelogs), RocksDB
 directories, ports and gateway id, on the shared test Kafka, MariaDB and Redis that
 `./stack test` starts; channel ids are unique per pipeline, so MySQL rows never mix.
+Each pipeline also gets a crash database of its own (an outbox shared by two pipelines'
+payout adapters would mix their payouts); the secret chain store and the wallet are shared.
 Workers, gateway, wallet and payout adapter are real subprocesses (so they can be killed -9).
 Nothing here sleeps and hopes: `wait_for` polls a condition until a deadline.
 """
@@ -25,8 +27,10 @@ from typing import Any
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from sql.db import make_engine
+from sql.migrate import migrate
 from streams.admin import create_topics
 from streams.codec import DecodeError, decode
 from streams.settings import Settings
@@ -43,6 +47,19 @@ FAST_CONFIG: dict[str, Any] = {
     "currencies": {"EUR": {"min_bet": 10, "max_bet": 100_000, "max_bets_per_user": 3,
                            "max_win": 1_000_000, "max_payout_per_term": 100_000_000}},
 }
+
+
+async def mysql_root(sql: str) -> None:
+    """SQL as MariaDB's root over the local socket (as ./stack creates databases and users)."""
+    socket_path = os.environ.get("CRASH_MARIADB_SOCKET")
+    if not socket_path:
+        raise RuntimeError("CRASH_MARIADB_SOCKET is not set: run the tests with ./stack test")
+    proc = await asyncio.create_subprocess_exec(
+        "mariadb", "--no-defaults", f"--socket={socket_path}", "-uroot", stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    output, _ = await proc.communicate(sql.encode())
+    if proc.returncode:
+        raise RuntimeError(f"mariadb as root failed ({proc.returncode}): {output.decode(errors='replace')}")
 
 
 def free_port() -> int:
@@ -136,12 +153,17 @@ class Pipeline:
             "CRASH_LOG_LEVEL": "info",
         }
         self.env["CRASH_WALLET_URL"] = f"http://127.0.0.1:{self.env['CRASH_WALLET_PORT']}"
+        self.database = "crash_t_" + self.name.replace("-", "_")
+        self.db_url = make_url(base.db_url).set(database=self.database).render_as_string(hide_password=False)
+        self.env["CRASH_DB_URL"] = self.db_url
         self.settings = Settings(kafka_bootstrap=base.kafka_bootstrap, topic_prefix=self.prefix,
-                                 partitions=base.partitions, db_url=base.db_url, api_keys=base.api_keys)
+                                 partitions=base.partitions, db_url=self.db_url, api_keys=base.api_keys,
+                                 secret_db_url=base.secret_db_url, wallet_db_url=base.wallet_db_url,
+                                 redis_url=base.redis_url)
         self.workers: dict[int, Process] = {}
         self.worker_ports: dict[int, int] = {}
         self.others: dict[str, Process] = {}
-        self.db = make_engine(base.db_url, pool_size=3)
+        self.db = make_engine(self.db_url, pool_size=3)
         self.http: aiohttp.ClientSession | None = None
         self.producer: AIOKafkaProducer | None = None
 
@@ -151,6 +173,10 @@ class Pipeline:
         return LOGS / self.name / f"{name}.log"
 
     async def open(self) -> None:
+        grantee = f"'{make_url(self.base.db_url).username}'@'127.0.0.1'"
+        await mysql_root(f"CREATE DATABASE {self.database} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;"
+                         f" GRANT ALL PRIVILEGES ON {self.database}.* TO {grantee};")
+        await migrate("crash", self.db_url)
         await create_topics(self.settings)
         self.http = aiohttp.ClientSession()
         self.producer = AIOKafkaProducer(bootstrap_servers=self.base.kafka_bootstrap)
@@ -201,6 +227,7 @@ class Pipeline:
         if self.http is not None:
             await self.http.close()
         await self.db.dispose()
+        await mysql_root(f"DROP DATABASE IF EXISTS {self.database};")
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} ({p.log_path})\n{p.tail()}"

@@ -40,7 +40,7 @@ from web.wallet_client import WalletClient
 
 NO_FAULTS: dict[str, int | float] = {"latency_ms": 0, "latency_jitter_ms": 0, "error_rate": 0,
                                      "timeout_rate": 0, "timeout_ms": 10_000, "drop_rate": 0}
-# Fast retries for tests; each test overrides what it is about.
+# Fast retries for tests (each test overrides what it is about); debug logs show each batch's timings.
 FAST_ENV = {"CRASH_PAYOUT_POLL_MS": "50", "CRASH_PAYOUT_BACKOFF_BASE_MS": "20", "CRASH_PAYOUT_BACKOFF_CAP_MS": "200",
             "CRASH_PAYOUT_LEASE_MS": "3000", "CRASH_PAYOUT_HTTP_TIMEOUT_MS": "1500", "CRASH_LOG_LEVEL": "debug"}
 MODULE_ID = uuid.uuid4().hex[:6]

@@ -243,6 +243,32 @@ class VerifyView(web.View):
         return self.json(report)
 
 
+@app.page("/ops/payouts")
+class PayoutsView(web.View):
+    async def get(self, request):
+        """The payout outbox: ?status=failed (ready, sent, acked, failed) &limit="""
+        from agents.payout_adapter import list_payouts
+        try:
+            limit = int(request.query.get("limit", "100"))
+            rows = await list_payouts(db(), request.query.get("status"), limit)
+        except ValueError as error:
+            return problem(400, "bad_request", str(error))
+        return self.json({"payouts": rows})
+
+
+@app.page("/ops/payouts/{order_no}/retry")
+class PayoutRetryView(web.View):
+    async def post(self, request, order_no: str):
+        """Send a failed payout again (the wallet is idempotent on order_no: never paid twice)."""
+        from agents.payout_adapter import retry_payout
+        _, error = await admin_body(request)
+        if error:
+            return error
+        if not await retry_payout(db(), order_no):
+            return problem(409, "not_failed", f"payout {order_no} is not in status failed")
+        return self.json({"order_no": order_no, "status": "ready"}, status=202)
+
+
 @app.page("/metrics")
 class Metrics(web.View):
     async def get(self, request):
