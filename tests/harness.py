@@ -219,6 +219,20 @@ class Pipeline:
             self.start_service("gateway", "crash-gateway")
             await self.wait_http(f"{self.gateway_url}/v1/health")
 
+    async def start_wallet(self) -> None:
+        self.start_service("wallet", "crash-wallet")
+        await self.wait_http(f"{self.env['CRASH_WALLET_URL']}/v1/health")
+
+    def start_payout(self, name: str = "payout") -> Process:
+        return self.start_service(name, "crash-payout", {
+            "CRASH_PAYOUT_METRICS_PORT": str(free_port()), "CRASH_PAYOUT_BACKOFF_BASE_MS": "50",
+            "CRASH_PAYOUT_BACKOFF_CAP_MS": "1000", "CRASH_PAYOUT_LEASE_MS": "3000",
+            "CRASH_PAYOUT_HTTP_TIMEOUT_MS": "1000", "CRASH_PAYOUT_MAX_TRIES": "1000"})
+
+    def wallet(self, key_id: str = "admin"):
+        from web.wallet_client import WalletClient
+        return WalletClient(self.env["CRASH_WALLET_URL"], key_id, self.base.api_keys[key_id][0], timeout_s=5)
+
     async def close(self) -> None:
         for proc in [*self.others.values(), *self.workers.values()]:
             proc.stop()
