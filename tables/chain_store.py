@@ -56,6 +56,13 @@ class ChainStore:
         self._cache[(channel_id, chain_no)] = chain
         return chain
 
+    async def exists(self, channel_id: str, chain_no: int) -> bool:
+        try:
+            await self.get(channel_id, chain_no)
+        except ChainNotFound:
+            return False
+        return True
+
     async def create(self, channel_id: str, chain_no: int, length: int,
                      checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY) -> Chain:
         """Generate and store a new chain; an existing one is returned unchanged (idempotent)."""

@@ -282,6 +282,10 @@ class Pipeline:
         config = {**FAST_CONFIG, **overrides}
         status, body = await self.ops("POST", "/ops/channels", {"channel_id": channel_id, "config": config})
         assert status == 202, (status, body)
+
+        async def recorded() -> bool:
+            return bool(await self.rows("SELECT 1 FROM channel WHERE channel_id = :c", c=channel_id))
+        await wait_for(recorded, 60, f"channel {channel_id} in MySQL")
         return channel_id
 
     async def wait_gateway_channel(self, channel_id: str, timeout: float = 60) -> None:

@@ -117,7 +117,9 @@ class Channels(web.View):
             config = validate(body.get("config") or {})
         except ConfigError as exc:
             return problem(400, "bad_config", str(exc))
-        if await channel_row(channel_id) is not None:
+        # The secret store is written before the command is sent, so it knows a channel whose
+        # creation the sink has not recorded yet.
+        if await channel_row(channel_id) is not None or await chain_store().exists(channel_id, 1):
             return problem(409, "exists", f"channel {channel_id} exists; change its config instead")
         chain = await chain_store().create(channel_id, 1, config["chain_length"])
         public = {"chain_no": 1, "length": chain.length, "terminator": chain.terminator.hex(),
@@ -151,6 +153,8 @@ class ChannelConfig(web.View):
             return error
         row = await channel_row(channel_id)
         if row is None:
+            if await chain_store().exists(channel_id, 1):
+                return problem(409, "being_created", f"channel {channel_id} is being created; retry in a moment")
             return problem(404, "not_found", f"no channel {channel_id}")
         changes = {k: v for k, v in body.items() if not k.startswith("_")}
         try:
