@@ -29,7 +29,7 @@ from sqlalchemy import bindparam, make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agents.payout_adapter import list_payouts, retry_payout
-from harness import BIN, LOGS, Process, free_port, now_ms, wait_for
+from harness import BIN, LOGS, Process, free_port, mysql_root, now_ms, wait_for
 from sql.db import make_engine
 from sql.migrate import migration_files, split_statements
 from streams.admin import create_topics
@@ -92,19 +92,6 @@ async def faults(wallet_url: str, base_settings: Settings) -> AsyncIterator[Wall
             await admin.set_faults(**NO_FAULTS)
 
 
-async def _mysql_root(sql: str) -> None:
-    """Run SQL as MariaDB's root over the local socket, as ./stack does to create databases."""
-    socket = os.environ.get("CRASH_MARIADB_SOCKET")
-    if not socket:
-        pytest.fail("CRASH_MARIADB_SOCKET is not set: run the tests with ./stack test")
-    proc = await asyncio.create_subprocess_exec(
-        "mariadb", "--no-defaults", f"--socket={socket}", "-uroot", stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    output, _ = await proc.communicate(sql.encode())
-    if proc.returncode:
-        pytest.fail(f"mariadb as root failed ({proc.returncode}): {output.decode(errors='replace')}")
-
-
 @pytest.fixture(scope="module")
 async def db_url(base_settings: Settings) -> AsyncIterator[str]:
     """A database of this module's own with the payout_outbox table of the crash migrations."""
@@ -113,12 +100,12 @@ async def db_url(base_settings: Settings) -> AsyncIterator[str]:
     grantee = f"'{url.username}'@'{url.host}'"
     ddl = next(statement for _, script in migration_files("crash") for statement in split_statements(script)
                if statement.startswith("CREATE TABLE payout_outbox"))
-    await _mysql_root(f"CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;"
+    await mysql_root(f"CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;"
                       f" GRANT ALL PRIVILEGES ON {name}.* TO {grantee}; USE {name}; {ddl};")
     try:
         yield url.set(database=name).render_as_string(hide_password=False)
     finally:
-        await _mysql_root(f"REVOKE ALL PRIVILEGES ON {name}.* FROM {grantee}; DROP DATABASE IF EXISTS {name};")
+        await mysql_root(f"REVOKE ALL PRIVILEGES ON {name}.* FROM {grantee}; DROP DATABASE IF EXISTS {name};")
 
 
 @pytest.fixture(scope="module")

@@ -168,34 +168,37 @@ class ChannelConfig(web.View):
                           "applies": "from the next term"}, status=202)
 
 
+async def channel_command(view: web.View, request, channel_id: str, make) -> aioweb.Response:
+    """An admin command on an existing channel: `make(body, now)` builds it (or a 4xx answer)."""
+    body, error = await admin_body(request)
+    if error:
+        return error
+    if await channel_row(channel_id) is None:
+        return problem(404, "not_found", f"no channel {channel_id}")
+    command = make(body, now_ms())
+    if isinstance(command, aioweb.Response):
+        return command
+    await send_command(command)
+    return view.json({"command_id": command.event_id, "received_at": command.ts}, status=202)
+
+
 @app.page("/ops/channels/{channel_id}/start")
 class StartView(web.View):
     async def post(self, request, channel_id: str):
-        body, error = await admin_body(request)
-        if error:
-            return error
-        if await channel_row(channel_id) is None:
-            return problem(404, "not_found", f"no channel {channel_id}")
-        command = StartTerm(event_id=str(ULID()), channel_id=channel_id, ts=now_ms(), operator=body["_operator"])
-        await send_command(command)
-        return self.json({"command_id": command.event_id, "received_at": command.ts}, status=202)
+        return await channel_command(self, request, channel_id, lambda body, now: StartTerm(
+            event_id=str(ULID()), channel_id=channel_id, ts=now, operator=body["_operator"]))
 
 
 @app.page("/ops/channels/{channel_id}/abort")
 class AbortView(web.View):
     async def post(self, request, channel_id: str):
-        body, error = await admin_body(request)
-        if error:
-            return error
-        if await channel_row(channel_id) is None:
-            return problem(404, "not_found", f"no channel {channel_id}")
-        reason = body.get("reason", "")
-        if not isinstance(reason, str):
-            return problem(400, "bad_request", "reason must be a string")
-        command = AbortTerm(event_id=str(ULID()), channel_id=channel_id, ts=now_ms(),
-                            operator=body["_operator"], reason=reason[:255])
-        await send_command(command)
-        return self.json({"command_id": command.event_id, "received_at": command.ts}, status=202)
+        def make(body, now):
+            reason = body.get("reason", "")
+            if not isinstance(reason, str):
+                return problem(400, "bad_request", "reason must be a string")
+            return AbortTerm(event_id=str(ULID()), channel_id=channel_id, ts=now, operator=body["_operator"],
+                             reason=reason[:255])
+        return await channel_command(self, request, channel_id, make)
 
 
 async def recent_terms(channel_id: str, limit: int) -> list[dict[str, Any]]:
