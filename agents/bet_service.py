@@ -34,6 +34,16 @@ def order_key(channel_id: str, api_order_no: str) -> str:
     return f"{channel_id}/{api_order_no}"
 
 
+def _user_orders(ctx: CommandContext, user_id: str, term_id: str) -> list[str]:
+    """The user's live bets in the term (one entry per user and channel, reset by a new term)."""
+    entry = ctx.batch.staged.get(user_bets, f"{ctx.channel_id}/{user_id}")
+    return list(entry["orders"]) if entry and entry["term_id"] == term_id else []
+
+
+def _set_user_orders(ctx: CommandContext, user_id: str, term_id: str, placed: list[str]) -> None:
+    ctx.batch.staged.set(user_bets, f"{ctx.channel_id}/{user_id}", {"term_id": term_id, "orders": placed})
+
+
 def refuse(ctx: CommandContext, cmd: Command, reason: str, **details) -> None:
     ctx.reply(CommandReply(
         event_id=f"{cmd.event_id}.reply", channel_id=cmd.channel_id, term_id=details.pop("term_id", ""),
@@ -74,8 +84,7 @@ def _placement_refusal(ctx: CommandContext, cmd: PlaceBet) -> str:
         return "term_aborted"
     if ctx.channel.clock >= term.bets_close_at + term.config["grace_ms"]:
         return "late"
-    placed = ctx.batch.staged.get(user_bets, f"{term.term_id}/{cmd.user_id}") or []
-    if len(placed) >= limits["max_bets_per_user"]:
+    if len(_user_orders(ctx, cmd.user_id, term.term_id)) >= limits["max_bets_per_user"]:
         return "max_bets_per_user"
     return ""
 
@@ -110,8 +119,7 @@ async def place_bet(ctx: CommandContext, cmd: PlaceBet) -> None:
     limits = ctx.channel.config["currencies"][cmd.currency]
     order.bet_id = cmd.event_id
     order.max_win_x100 = money.max_multiple_within(cmd.amount, limits["max_win"])
-    user_key = f"{term.term_id}/{cmd.user_id}"
-    staged.set(user_bets, user_key, (staged.get(user_bets, user_key) or []) + [cmd.api_order_no])
+    _set_user_orders(ctx, cmd.user_id, term.term_id, _user_orders(ctx, cmd.user_id, term.term_id) + [cmd.api_order_no])
     staged.set(orders, key, order)
     term.last_bet_at = max(term.last_bet_at, cmd.ts)
     ctx.save_term(term)
@@ -141,8 +149,8 @@ async def cancel_bet(ctx: CommandContext, cmd: CancelBet) -> None:
         return refuse(ctx, cmd, "late", api_order_no=cmd.api_order_no, bet_id=order.bet_id)
     order.status = "cancelled"
     staged.set(orders, key, order)
-    user_key = f"{term.term_id}/{order.user_id}"
-    staged.set(user_bets, user_key, [n for n in staged.get(user_bets, user_key) or [] if n != order.api_order_no])
+    _set_user_orders(ctx, order.user_id, term.term_id,
+                     [n for n in _user_orders(ctx, order.user_id, term.term_id) if n != order.api_order_no])
     ctx.emit_bet(BetCancelled(
         event_id=f"{order.bet_id}.cancelled", channel_id=cmd.channel_id, term_id=order.term_id, ts=cmd.ts,
         trace_id=cmd.trace_id, bet_id=order.bet_id, api_order_no=order.api_order_no, user_id=order.user_id,

@@ -102,7 +102,9 @@ class Order(State):
 
 
 orders = app.Table("orders", value_type=Order, help="api_order_no index: first decision per order")
-user_bets = app.Table("user_bets", help="term_id/user_id -> api_order_nos placed")
+# channel_id/user_id -> {"term_id", "orders"}: the user's live bets in the newest term (for
+# max_bets_per_user); a new term overwrites the entry, so the table stays one entry per player.
+user_bets = app.Table("user_bets", help="channel_id/user_id -> the user's bets in the current term")
 
 
 # ---------------------------------------------------------------- Cashout Service

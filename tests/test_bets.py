@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import subprocess
 import uuid
 
 import pytest
+from sqlalchemy import text
 
 from harness import (
+    BIN,
     FAST_CONFIG,
     DirectCommands,
     first_ms_at,
@@ -187,6 +190,18 @@ async def test_many_bets_on_two_channels_settle_exactly(pipe):
             report = await replay_term(pipe.settings, term["term_id"])
             assert report["problems"] == [], report
     assert settled_bets >= 150
+
+    # The replay tool catches a record that does not match the events: tamper with one cashout.
+    term_id = played["m1"][0]["term"]["term_id"]
+    victim = (await pipe.rows("SELECT bet_id, payout FROM bet WHERE term_id = :t AND status = 'cashed_out'"
+                              " LIMIT 1", t=term_id))[0]
+    async with pipe.db.begin() as conn:
+        await conn.execute(text("UPDATE bet SET payout = payout + 1 WHERE bet_id = :b"), {"b": victim["bet_id"]})
+    report = await replay_term(pipe.settings, term_id)
+    assert any(victim["bet_id"] in problem for problem in report["problems"]), report
+    cli = subprocess.run([str(BIN / "crash-replay"), "--term", term_id], env=pipe.env, capture_output=True,
+                         text=True, timeout=120)
+    assert cli.returncode == 1 and "MISMATCH" in cli.stdout, cli.stdout + cli.stderr
 
 
 # ------------------------------------------------------------------ idempotency, timing rules
