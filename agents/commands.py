@@ -8,6 +8,7 @@ only change inside a stream event, so time reaches the orchestrator as messages)
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 from agents import bet_service, term_orchestrator
@@ -105,12 +106,43 @@ def owned_channels() -> list[tuple[str, object]]:
     return [(channel_id, state) for channel_id, state in channels.items() if state.partition in partitions]
 
 
+# Watchdog: channel -> (its clock as last seen in the table, when that value was first seen).
+# The clock moves with every processed tick; if it stands still for STALL_AFTER_S while this
+# worker keeps sending ticks, the channel's command stream is not being consumed (a consumer
+# wedged after a rebalance): the worker exits so that it is restarted and the partitions are
+# assigned again, instead of silently freezing the channel.
+STALL_AFTER_S = 60.0
+_progress: dict[str, tuple[int, float]] = {}
+
+
+def _forget_progress(*args, **kwargs) -> None:
+    _progress.clear()
+
+
+app.on_partitions_assigned.connect(_forget_progress)
+
+
+def _check_progress(channel_id: str, clock: int) -> None:
+    now = time.monotonic()
+    seen = _progress.get(channel_id)
+    if seen is None or seen[0] != clock or chain_store().waiting_since is not None:
+        _progress[channel_id] = (clock, now)
+        return
+    if now - seen[1] > STALL_AFTER_S:
+        metrics.COMMAND_STALLS.inc()
+        log.critical("channel %s: no command processed for %.0f s although ticks are sent; the consumer is "
+                     "stuck, exiting so that the worker is restarted", channel_id, now - seen[1])
+        logging.shutdown()
+        os._exit(75)
+
+
 @app.timer(interval=settings.tick_interval_ms / 1000)
 async def clock_ticks() -> None:
     now = int(time.time() * 1000)
-    for channel_id, _ in owned_channels():
+    for channel_id, state in owned_channels():
         tick = Tick(event_id=f"tick.{channel_id}.{now}", channel_id=channel_id, ts=now)
         await command_topic.send(key=channel_id.encode(), value=encode(tick))
+        _check_progress(channel_id, state.clock)
 
 
 _renewing: set[tuple[str, int]] = set()

@@ -8,13 +8,17 @@ is ever logged, sent to a topic or written to a table.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from sqlalchemy import text
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sql.db import make_engine
 from streams.fairness import DEFAULT_CHECKPOINT_EVERY, Chain, generate_chain
+
+log = logging.getLogger(__name__)
 
 
 class ChainNotFound(LookupError):
@@ -26,6 +30,7 @@ class ChainStore:
         self._url = url
         self._engine: AsyncEngine | None = None
         self._cache: dict[tuple[str, int], Chain] = {}
+        self.waiting_since: float | None = None    # set while the store is unreachable
 
     @property
     def engine(self) -> AsyncEngine:
@@ -42,13 +47,26 @@ class ChainStore:
         return self._cache.get((channel_id, chain_no))
 
     async def get(self, channel_id: str, chain_no: int) -> Chain:
+        """The chain, waiting (with backoff) while the secret store is unreachable: no term of
+        the channel can go on without it, and crashing would not bring it back sooner."""
         chain = self._cache.get((channel_id, chain_no))
         if chain is not None:
             return chain
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(text(
-                "SELECT length, seed, salt, checkpoint_every, checkpoints FROM chain_secret"
-                " WHERE channel_id = :c AND chain_no = :n"), {"c": channel_id, "n": chain_no})).first()
+        delay = 0.2
+        while True:
+            try:
+                async with self.engine.connect() as conn:
+                    row = (await conn.execute(text(
+                        "SELECT length, seed, salt, checkpoint_every, checkpoints FROM chain_secret"
+                        " WHERE channel_id = :c AND chain_no = :n"), {"c": channel_id, "n": chain_no})).first()
+                self.waiting_since = None
+                break
+            except (OperationalError, InterfaceError) as error:
+                if self.waiting_since is None:
+                    self.waiting_since = time.monotonic()
+                log.warning("secret chain store unreachable (%s); retrying in %.1fs", error.__class__.__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
         if row is None:
             raise ChainNotFound(f"no secret chain {chain_no} for channel {channel_id}")
         chain = Chain(length=row.length, seed=bytes.fromhex(row.seed), salt=bytes.fromhex(row.salt),

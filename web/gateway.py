@@ -24,7 +24,6 @@ import re
 import time
 from typing import Any
 
-import redis.asyncio as redis
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
@@ -34,6 +33,7 @@ from ulid import ULID
 
 from sql.db import make_engine
 from streams import money
+from streams.cache import redis_client
 from streams.codec import DecodeError, decode, encode
 from streams.events import (
     CancelBet,
@@ -105,7 +105,7 @@ class Gateway:
         self.producer: AIOKafkaProducer | None = None
         self.reply_consumer: AIOKafkaConsumer | None = None
         self.term_consumer: AIOKafkaConsumer | None = None
-        self.redis = redis.from_url(settings.redis_url)
+        self.redis = redis_client(settings.redis_url)
         self.verifier = Verifier(settings.api_keys, RedisNonceStore(self.redis))
         self.db = make_engine(settings.db_url, pool_size=3)
         self.wallet = WalletClient.from_settings(settings)

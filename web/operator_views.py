@@ -20,6 +20,7 @@ from ulid import ULID
 
 from sql.db import make_engine
 from streams.app import app, settings
+from streams.cache import redis_client
 from streams.channels import CHANNEL_ID, ConfigError, validate
 from streams.codec import encode
 from streams.events import AbortTerm, ConfigureChannel, StartTerm
@@ -42,8 +43,7 @@ def db():
 def verifier() -> Verifier:
     global _verifier
     if _verifier is None:
-        import redis.asyncio as redis
-        _verifier = Verifier(settings.api_keys, RedisNonceStore(redis.from_url(settings.redis_url)))
+        _verifier = Verifier(settings.api_keys, RedisNonceStore(redis_client(settings.redis_url)))
     return _verifier
 
 

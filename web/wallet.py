@@ -45,6 +45,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from sql.db import make_engine
+from streams.cache import redis_client
 from streams.settings import Settings, get_settings
 from web.signing import RedisNonceStore, Verifier, require_signature
 
@@ -572,7 +573,7 @@ def make_app(settings: Settings | None = None) -> web.Application:
     """The wallet as an aiohttp app (engine and Redis are closed on cleanup)."""
     settings = settings or get_settings()
     service = WalletService(settings, make_engine(settings.wallet_db_url, pool_size=10),
-                            aioredis.from_url(settings.redis_url))
+                            redis_client(settings.redis_url))
     # client_max_size: a body that streams past 64 KiB (no Content-Length) is cut off too.
     app = web.Application(middlewares=[service.middleware], client_max_size=MAX_BODY_BYTES)
     app[SERVICE_KEY] = service
