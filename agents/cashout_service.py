@@ -15,6 +15,7 @@ the term).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from streams import metrics
@@ -54,20 +55,15 @@ def cashout_order_no(bet_id: str) -> str:
     return f"cashout:{bet_id}"
 
 
+# A table entry is the book's bet plus its term id (the table holds the bets of every term).
 def _entry(term_id: str, bet: BookBet) -> BookEntry:
-    return BookEntry(
-        bet_id=bet.bet_id, term_id=term_id, api_order_no=bet.api_order_no, user_id=bet.user_id,
-        amount=bet.amount, currency=bet.currency, exit_x100=bet.exit_x100, exit_mode=bet.exit_mode,
-        state=bet.state, multiple_x100=bet.multiple_x100, payout=bet.payout, mode=bet.mode,
-        cashed_at=bet.cashed_at, forced_reason=bet.forced_reason, command_id=bet.command_id)
+    return BookEntry(term_id=term_id, **dataclasses.asdict(bet))
 
 
 def _bet(entry: BookEntry) -> BookBet:
-    return BookBet(
-        bet_id=entry.bet_id, api_order_no=entry.api_order_no, user_id=entry.user_id, amount=entry.amount,
-        currency=entry.currency, exit_x100=entry.exit_x100, exit_mode=entry.exit_mode,
-        forced_reason=entry.forced_reason, state=entry.state, multiple_x100=entry.multiple_x100,
-        payout=entry.payout, mode=entry.mode, cashed_at=entry.cashed_at, command_id=entry.command_id)
+    fields = entry.asdict()
+    del fields["term_id"]
+    return BookBet(**fields)
 
 
 def _rebuild() -> dict[str, Book]:

@@ -18,13 +18,6 @@ class Emitter:
     def send_raw(self, topic, key: bytes, value: bytes) -> None:
         self._pending.append((topic, key, value))
 
-    def __len__(self) -> int:
-        return len(self._pending)
-
-    @property
-    def records(self) -> list[tuple[Any, bytes, bytes]]:
-        return list(self._pending)
-
     async def flush(self) -> None:
         """Send everything in order and wait for Kafka's acknowledgement of all of it."""
         if not self._pending:

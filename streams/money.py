@@ -40,7 +40,3 @@ def max_multiple_within(amount: int, max_payout: int) -> int:
     """The highest multiple at which a stake of `amount` pays at most `max_payout`."""
     # amount * x // 100 <= max_payout  <=>  amount * x < (max_payout + 1) * 100
     return ((max_payout + 1) * 100 - 1) // amount
-
-
-def sum_payouts(amounts_and_multiples: list[tuple[int, int]]) -> int:
-    return sum(payout(amount, multiple) for amount, multiple in amounts_and_multiples)

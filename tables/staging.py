@@ -36,9 +36,6 @@ class Staged:
     def delete(self, table, key: Any) -> None:
         self._writes[(table.name, key)] = (table, _DELETED, current_event())
 
-    def __len__(self) -> int:
-        return len(self._writes)
-
     def commit(self) -> None:
         previous = _current_event.get(None)
         try:
