@@ -45,8 +45,10 @@ log = logging.getLogger(__name__)
 ENDED = ("crashed", "aborted", "closed")
 # A crash processed this much later than its scheduled time was settled by a takeover.
 RECOVERED_AFTER_MS = 2000
-# Beyond this delay a due term starts "now" instead of at its (past) scheduled time.
-MAX_CREATE_DELAY_MS = 1000
+# A term due while the worker was held up (a pause, a slow broker ack) keeps its scheduled
+# creation time, so terms stay back to back; after a longer outage (a takeover, a restart) it
+# starts "now" instead of with a betting window already spent.
+MAX_CREATE_DELAY_MS = 5000
 
 # term_id -> proof (hash, digest, crash point). Process memory only: see module docstring.
 _proofs: dict[str, fairness.TermProof] = {}
