@@ -290,7 +290,7 @@ async def configure_channel(ctx: CommandContext, cmd: ConfigureChannel) -> None:
             channel_id=cmd.channel_id, config=config, config_version=1, partition=ctx.partition,
             created_at=cmd.ts, chain_no=chain["chain_no"], chain_length=chain["length"],
             chain_terminator=chain["terminator"], chain_salt=chain["salt"],
-            clock=min(cmd.ts, ctx.batch.now))
+            clock=ctx.batch.now)   # the first term starts when the channel is set up here
         ctx.set_channel(channel)
         ctx.emit_term(ChainPublished(
             event_id=f"{cmd.channel_id}.chain.{channel.chain_no}", channel_id=cmd.channel_id, ts=cmd.ts,

@@ -30,6 +30,10 @@ from tables.staging import Staged
 log = logging.getLogger(__name__)
 
 
+# A batch slower than this is logged with where its time went (ticks and answers wait on it).
+SLOW_BATCH_S = 0.5
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -78,11 +82,18 @@ async def run_batches(stream, consumer: str, handle: Handler,
                         dead_letter(batch, event, str(error), consumer)
                     continue
                 await handle(record, event, batch)
+            handled = time.perf_counter()
             await batch.emit.flush()
+            flushed = time.perf_counter()
             batch.staged.commit()
         except Exception:
             log.exception("%s: unexpected failure; stopping the worker so the batch is processed again", consumer)
             logging.shutdown()
             os._exit(70)
-        metrics.BATCH_SECONDS.labels(consumer=consumer).observe(time.perf_counter() - started)
+        took = time.perf_counter() - started
+        metrics.BATCH_SECONDS.labels(consumer=consumer).observe(took)
+        if took > SLOW_BATCH_S:
+            log.warning("%s: slow batch of %d events: %.0f ms handling, %.0f ms waiting for Kafka, %.0f ms tables",
+                        consumer, len(events), (handled - started) * 1000, (flushed - handled) * 1000,
+                        (time.perf_counter() - flushed) * 1000)
         metrics.EVENTS_HANDLED.labels(consumer=consumer).inc(len(events))
