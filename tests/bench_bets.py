@@ -126,10 +126,13 @@ async def main(n: int) -> None:
         await taking_bets(pipe, channel_id, window_left_ms=300_000)
         decisions, sunk = await pipeline_decisions(pipe, channel_id, n)
         gateway, (p50, p99) = await gateway_bets(pipe, channel_id, min(n, 5000))
+        async with pipe.http.get(f"{pipe.ops_url()}/metrics") as resp:
+            batches = [line for line in (await resp.text()).splitlines()
+                       if line.startswith(("crash_batch_seconds_sum", "crash_batch_seconds_count"))]
         print(json.dumps({
             "n": n, "kafka_baseline_msgs_per_s": round(base), "pipeline_decisions_per_s": round(decisions),
             "pipeline_to_mysql_per_s": round(sunk), "gateway_bets_per_s": round(gateway),
-            "gateway_latency_ms": {"p50": round(p50, 1), "p99": round(p99, 1)},
+            "gateway_latency_ms": {"p50": round(p50, 1), "p99": round(p99, 1)}, "worker_batches": batches,
             "ratios_to_baseline": {"decisions": round(decisions / base, 3), "mysql": round(sunk / base, 3),
                                    "gateway": round(gateway / base, 3)}}, indent=2))
     finally:

@@ -4,19 +4,20 @@ every bet has exactly one outcome, the outbox one row per cashout, the totals ar
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import uuid
 
 import pytest
 
-from harness import first_ms_at, next_term, peek_crash_points, sleep_until, wait_for
+from harness import first_ms_at, peek_crash_points, sleep_until, taking_bets, wait_for
 from streams.events import BetCashedOut, TermClosed
 from streams.replay import replay_term
 
 pytestmark = pytest.mark.slow
 
 GROWTH = 0.0001
-CONFIG = {"betting_ms": 12000, "starting_ms": 1000, "growth_per_ms": str(GROWTH), "max_multiple_x100": 100000,
+CONFIG = {"betting_ms": 60000, "starting_ms": 1000, "growth_per_ms": str(GROWTH), "max_multiple_x100": 100000,
           "currencies": {"EUR": {"min_bet": 10, "max_bet": 10_000, "max_bets_per_user": 5, "max_win": 100_000_000,
                                  "max_payout_per_term": 10_000_000_000}}}
 
@@ -30,7 +31,16 @@ async def test_kill9_with_a_thousand_open_bets_in_flight(pipe):
     channel_id = await pipe.create_channel("k", **CONFIG)
     await pipe.wait_gateway_channel(channel_id)
     crash_of = await peek_crash_points(pipe, channel_id, CONFIG)
-    term, crash = await next_term(pipe, channel_id, crash_of, lambda c: c >= 300, window_left_ms=10000, timeout=240)
+    # A term that flies past 3x (voiding the others keeps the wait short), with a long window
+    # for the bets; the operator starts it once they are placed.
+    while True:
+        term = await taking_bets(pipe, channel_id, window_left_ms=50_000)
+        crash = crash_of(int(term["term_id"].rsplit("-", 1)[1]))
+        if crash >= 300:
+            break
+        status, _ = await pipe.ops("POST", f"/ops/channels/{channel_id}/abort", {"reason": "not this one"})
+        assert status == 202
+        await wait_for(functools.partial(_left_pre_start, pipe, term["term_id"]), 30, "the skipped term to end")
     rng = random.Random(1000)
     semaphore = asyncio.Semaphore(48)
     bets: dict[str, tuple[int, int]] = {}
@@ -48,6 +58,10 @@ async def test_kill9_with_a_thousand_open_bets_in_flight(pipe):
 
     await asyncio.gather(*(place(i) for i in range(1100)))
     assert len(bets) >= 1000, f"only {len(bets)} bets accepted"
+    status, _ = await pipe.ops("POST", f"/ops/channels/{channel_id}/start")
+    assert status == 202
+    flying = await wait_for(lambda: _flying(pipe, term["term_id"]), 30, "the term to fly", every=0.05)
+    term = {**term, "flying_at": flying["flying_at"]}
 
     # Some autos are paid in flight, then the worker dies; the rest is settled after the restart.
     await sleep_until(term["flying_at"] + first_ms_at(150, GROWTH) + 300)
@@ -101,3 +115,13 @@ async def test_kill9_with_a_thousand_open_bets_in_flight(pipe):
     report = await replay_term(pipe.settings, term["term_id"])
     assert report["problems"] == [] and report["bets"] == len(bets), report
     assert paid_before[0]["n"] < len(cashed)   # part of the book was settled after the restart
+
+
+async def _left_pre_start(pipe, term_id: str) -> bool:
+    rows = await pipe.rows("SELECT state FROM crash_term WHERE term_id = :t", t=term_id)
+    return bool(rows) and rows[0]["state"] != "pre_start"
+
+
+async def _flying(pipe, term_id: str):
+    rows = await pipe.rows("SELECT * FROM crash_term WHERE term_id = :t", t=term_id)
+    return rows[0] if rows and rows[0]["state"] == "flying" else None
