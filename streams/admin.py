@@ -1,6 +1,6 @@
 """`crash-admin`: operational commands.
 
-    crash-admin topics              create the game topics (idempotent)
+    crash-admin topics              create the game topics and table changelogs (idempotent)
     crash-admin demo-channels       create the demo channels through the operator API
     crash-admin watch               print a live summary until interrupted (the demo's screen)
 """
@@ -17,23 +17,52 @@ from streams.settings import Settings, get_settings
 from streams.topics import ALL_TOPICS
 
 
+def changelog_topics(settings: Settings) -> list[str]:
+    """The changelog topic of every table, named as Faust names them for this app id."""
+    import tables  # noqa: F401  (declares the tables on the app)
+    from streams.app import app
+    return [f"{settings.app_id}-{name}-changelog" for name in sorted(app.tables)]
+
+
 async def create_topics(settings: Settings, names: tuple[str, ...] = ALL_TOPICS) -> list[str]:
-    """Create missing game topics with the configured partition count; returns those created."""
+    """Create the missing game topics and table changelogs; returns those created.
+
+    Changelogs are created here, before any worker starts, rather than left to Faust: a worker
+    that creates them itself can see them with 0 partitions in its first metadata snapshot and
+    then fails its first table write with PartitionsMismatch.
+    """
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        wanted = [settings.topic(name) for name in names]
-        missing = [NewTopic(name=t, num_partitions=settings.partitions,
-                            replication_factor=settings.replication) for t in wanted if t not in existing]
+        wanted = {settings.topic(name): {} for name in names}
+        wanted.update({name: {"cleanup.policy": "compact"} for name in changelog_topics(settings)})
+        missing = [NewTopic(name=topic, num_partitions=settings.partitions,
+                            replication_factor=settings.replication, topic_configs=config)
+                   for topic, config in wanted.items() if topic not in existing]
         if missing:
             try:
                 await admin.create_topics(missing)
             except TopicAlreadyExistsError:
                 pass
+            await _wait_until_visible(admin, [t.name for t in missing])
         return [t.name for t in missing]
     finally:
         await admin.close()
+
+
+async def _wait_until_visible(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float = 30.0) -> None:
+    """Wait until the broker's metadata shows every partition of the new topics (KRaft answers
+    create_topics before its metadata has them; a client reading it then sees 0 partitions)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        described = await admin.describe_topics(names)
+        if all(t["error_code"] == 0 and t["partitions"] for t in described):
+            return
+        if loop.time() > deadline:
+            raise TimeoutError(f"topics not visible after {timeout_s:.0f} s: {names}")
+        await asyncio.sleep(0.1)
 
 
 def main(argv: list[str] | None = None) -> int:

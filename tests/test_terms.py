@@ -214,3 +214,32 @@ def test_harness_crash_time_matches_the_curve():
     # The independent curve used above: 2.00x at g = 0.00006 is reached after 11553 ms.
     assert first_ms_at(200, 0.00006) == 11553
     assert first_ms_at(100, 0.0004) == 0
+
+
+async def test_admin_creates_every_table_changelog_compacted_before_any_worker(pipe):
+    """`crash-admin topics` creates the changelogs itself: a worker creating them can see them with
+    0 partitions in its first metadata and then fail its first table write (PartitionsMismatch)."""
+    import dataclasses
+
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    from streams.admin import changelog_topics, create_topics
+
+    settings = dataclasses.replace(pipe.settings, app_id=f"no-worker-{uuid.uuid4().hex[:6]}")
+    names = changelog_topics(settings)
+    assert {n.removeprefix(settings.app_id + "-").removesuffix("-changelog") for n in names} >= {
+        "channels", "terms", "orders", "user_bets", "cashout_book", "term_books", "refunds"}
+    assert set(names) <= set(await create_topics(settings))
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(names)
+        assert {t["topic"]: len(t["partitions"]) for t in described} == {n: settings.partitions for n in names}
+        configs = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names])
+        policies = {resource[3]: dict((entry[0], entry[1]) for entry in resource[4])["cleanup.policy"]
+                    for response in configs for resource in response.resources}
+        assert policies == {n: "compact" for n in names}
+        await admin.delete_topics(names)
+    finally:
+        await admin.close()
