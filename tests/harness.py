@@ -41,6 +41,9 @@ BIN = Path(sys.executable).parent
 LOGS = REPO / "var" / "test" / "log" / "pipelines"
 
 # Short terms for tests: ~1.2 s betting, 0.4 s starting, flights of 0-7.5 s (cap 20x).
+# Term states once the betting phase is over (a manual start, the schedule, or an abort).
+LEFT_PRE_START = ("starting", "flying", "crashed", "closed", "aborted")
+
 FAST_CONFIG: dict[str, Any] = {
     "betting_ms": 1200, "starting_ms": 400, "cooldown_ms": 300, "growth_per_ms": "0.0004",
     "grace_ms": 150, "max_multiple_x100": 2000, "chain_length": 1000,
@@ -308,6 +311,14 @@ class Pipeline:
 
     async def terms(self, channel_id: str) -> list[dict[str, Any]]:
         return await self.rows("SELECT * FROM crash_term WHERE channel_id = :c ORDER BY seq", c=channel_id)
+
+    async def wait_term(self, term_id: str, states: tuple[str, ...], timeout: float, every: float = 0.2
+                        ) -> dict[str, Any]:
+        """The term's MySQL row once its state is one of `states`."""
+        async def reached() -> dict[str, Any] | None:
+            rows = await self.rows("SELECT * FROM crash_term WHERE term_id = :t", t=term_id)
+            return rows[0] if rows and rows[0]["state"] in states else None
+        return await wait_for(reached, timeout, f"{term_id} to reach {'/'.join(states)}", every=every)
 
     async def wait_closed_terms(self, channel_id: str, count: int, timeout: float) -> list[dict[str, Any]]:
         async def closed() -> list[dict[str, Any]]:

@@ -4,13 +4,12 @@ every bet has exactly one outcome, the outbox one row per cashout, the totals ar
 from __future__ import annotations
 
 import asyncio
-import functools
 import random
 import uuid
 
 import pytest
 
-from harness import first_ms_at, peek_crash_points, sleep_until, taking_bets, wait_for
+from harness import LEFT_PRE_START, first_ms_at, peek_crash_points, sleep_until, taking_bets
 from streams.events import BetCashedOut, TermClosed
 from streams.replay import replay_term
 
@@ -40,7 +39,7 @@ async def test_kill9_with_a_thousand_open_bets_in_flight(pipe):
             break
         status, _ = await pipe.ops("POST", f"/ops/channels/{channel_id}/abort", {"reason": "not this one"})
         assert status == 202
-        await wait_for(functools.partial(_left_pre_start, pipe, term["term_id"]), 30, "the skipped term to end")
+        await pipe.wait_term(term["term_id"], LEFT_PRE_START, 30)
     rng = random.Random(1000)
     semaphore = asyncio.Semaphore(48)
     bets: dict[str, tuple[int, int]] = {}
@@ -60,7 +59,7 @@ async def test_kill9_with_a_thousand_open_bets_in_flight(pipe):
     assert len(bets) >= 1000, f"only {len(bets)} bets accepted"
     status, _ = await pipe.ops("POST", f"/ops/channels/{channel_id}/start")
     assert status == 202
-    flying = await wait_for(lambda: _flying(pipe, term["term_id"]), 30, "the term to fly", every=0.05)
+    flying = await pipe.wait_term(term["term_id"], ("flying",), 30, every=0.05)
     term = {**term, "flying_at": flying["flying_at"]}
 
     # Some autos are paid in flight, then the worker dies; the rest is settled after the restart.
@@ -70,10 +69,7 @@ async def test_kill9_with_a_thousand_open_bets_in_flight(pipe):
     pipe.workers[1].kill9()
     pipe.start_worker(1)
 
-    async def closed():
-        rows = await pipe.rows("SELECT * FROM crash_term WHERE term_id = :t", t=term["term_id"])
-        return rows[0] if rows and rows[0]["state"] == "closed" else None
-    row = await wait_for(closed, 180, "the term to close after the restart", every=0.5)
+    row = await pipe.wait_term(term["term_id"], ("closed",), 180, every=0.5)
     assert row["crash_x100"] == crash
     assert row["crash_at"] == term["flying_at"] + first_ms_at(crash, GROWTH)
 
@@ -116,12 +112,3 @@ async def test_kill9_with_a_thousand_open_bets_in_flight(pipe):
     assert report["problems"] == [] and report["bets"] == len(bets), report
     assert paid_before[0]["n"] < len(cashed)   # part of the book was settled after the restart
 
-
-async def _left_pre_start(pipe, term_id: str) -> bool:
-    rows = await pipe.rows("SELECT state FROM crash_term WHERE term_id = :t", t=term_id)
-    return bool(rows) and rows[0]["state"] != "pre_start"
-
-
-async def _flying(pipe, term_id: str):
-    rows = await pipe.rows("SELECT * FROM crash_term WHERE term_id = :t", t=term_id)
-    return rows[0] if rows and rows[0]["state"] == "flying" else None

@@ -63,13 +63,6 @@ async def wait_state(pipe, channel_id: str, term_id: str, states: tuple[str, ...
     return await wait_for(reached, timeout, f"{term_id} to reach {states}", every=0.02)
 
 
-async def wait_term_closed(pipe, term_id: str, timeout: float = 90) -> dict:
-    async def closed():
-        rows = await pipe.rows("SELECT * FROM crash_term WHERE term_id = :t", t=term_id)
-        return rows[0] if rows and rows[0]["state"] == "closed" else None
-    return await wait_for(closed, timeout, f"{term_id} to close", every=0.2)
-
-
 # ------------------------------------------------------------------ many bets, exact settlement
 
 async def _play_term(pipe, channel_id: str, growth: float, rng: random.Random) -> dict:
@@ -108,7 +101,7 @@ async def _play_term(pipe, channel_id: str, growth: float, rng: random.Random) -
         bets[order]["cashout"] = (sent, now_ms(), answer)
 
     await asyncio.gather(*(cash_out(o, rng.uniform(0, 2.0)) for o in manual[: len(manual) * 2 // 3]))
-    row = await wait_term_closed(pipe, term["term_id"])
+    row = await pipe.wait_term(term["term_id"], ("closed",), 90)
     assert row["flying_at"] == flying["flying_at"]
     return {"term": row, "bets": bets}
 
@@ -268,7 +261,7 @@ async def test_late_bet_refused_and_cancel_only_before_the_window_closes(pipe, d
     too_late = await direct.send(PlaceBet, channel_id, close - 1, api_order_no=f"tl-{uuid.uuid4().hex[:10]}",
                                  user_id="edge2", amount=100, currency="EUR")
     assert (await direct.reply(too_late)).reason == "late"
-    await wait_term_closed(pipe, term["term_id"])
+    await pipe.wait_term(term["term_id"], ("closed",), 90)
     rows = {r["api_order_no"]: r["status"] for r in await pipe.rows(
         "SELECT api_order_no, status FROM bet WHERE channel_id = :c", c=channel_id)}
     assert rows[placed["api_order_no"]] in ("lost", "cashed_out")
@@ -295,7 +288,7 @@ async def test_cashout_at_the_crash_time_and_auto_at_the_crash_point(pipe, direc
     assert before.multiple_x100 < crash and before.payout == 10 * before.multiple_x100
     assert (at.status, at.reason) == ("refused", "crashed")
     assert (after.status, after.reason) == ("refused", "crashed")
-    row = await wait_term_closed(pipe, term["term_id"])
+    row = await pipe.wait_term(term["term_id"], ("closed",), 90)
     assert (row["crash_x100"], row["crash_at"]) == (crash, crash_at)
     outcome = {name: (await pipe.rows("SELECT status, cashout_x100 FROM bet WHERE api_order_no = :o", o=o))[0]
                for name, o in orders.items()}
@@ -322,7 +315,7 @@ async def test_force_point_caps_the_term_payout_without_moving_the_crash(pipe):
         placed.append(body["api_order_no"])
     status, auto = await place(pipe, channel_id, "f-auto", 2000, auto=150)
     assert status == 200, auto
-    row = await wait_term_closed(pipe, term["term_id"])
+    row = await pipe.wait_term(term["term_id"], ("closed",), 90)
     assert row["crash_x100"] == crash        # the force point never moves the crash point
     # Independently: the auto at 1.50x pays 3000 first; then 20000 open stake may reach
     # x with 3000 + 20000 * x // 100 <= 50000, i.e. x <= 235.

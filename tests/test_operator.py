@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from harness import taking_bets, wait_for
+from harness import LEFT_PRE_START, taking_bets, wait_for
 from streams.verify import verify_channel
 
 pytestmark = pytest.mark.slow
@@ -34,10 +34,7 @@ async def test_manual_start_closes_the_window_at_its_receive_time(pipe):
     assert status == 202
     received = started["received_at"]
 
-    async def starting():
-        rows = await pipe.rows("SELECT * FROM crash_term WHERE term_id = :t", t=term["term_id"])
-        return rows[0] if rows and rows[0]["state"] != "pre_start" else None
-    row = await wait_for(starting, 30, "the manual start")
+    row = await pipe.wait_term(term["term_id"], LEFT_PRE_START, 30)
     assert row["bets_close_at"] == received < term["bets_close_at"]
     assert row["flying_at"] == received + 400
     status, after = await place(pipe, channel_id, "after")
@@ -45,14 +42,9 @@ async def test_manual_start_closes_the_window_at_its_receive_time(pipe):
     events = await pipe.rows("SELECT payload FROM event_log WHERE term_id = :t AND type = 'TermStateChanged'",
                              t=term["term_id"])
     assert any('"manual":true' in e["payload"].replace(" ", "") for e in events)
-    closed = await wait_for(lambda: _closed(pipe, term["term_id"]), 60, "the started term to close")
+    closed = await pipe.wait_term(term["term_id"], ("closed",), 60)
     bet = (await pipe.rows("SELECT status FROM bet WHERE api_order_no = :o", o=before["api_order_no"]))[0]
     assert bet["status"] == "lost" and closed["crash_x100"] >= 100   # a decision taken before the start stands
-
-
-async def _closed(pipe, term_id: str):
-    rows = await pipe.rows("SELECT * FROM crash_term WHERE term_id = :t", t=term_id)
-    return rows[0] if rows and rows[0]["state"] == "closed" else None
 
 
 async def test_config_change_applies_from_the_next_term(pipe):

@@ -52,18 +52,12 @@ async def test_kill9_while_flying_then_restart(pipe, base_settings):
         assert status == 200 and body["term_id"] == term["term_id"], body
         orders[name] = order
 
-    async def flying_for_a_second():
-        rows = await pipe.rows("SELECT state, flying_at FROM crash_term WHERE term_id = :t", t=term["term_id"])
-        return rows and rows[0]["state"] == "flying"
-    await wait_for(flying_for_a_second, 30, "the term to fly", every=0.05)
+    await pipe.wait_term(term["term_id"], ("flying",), 30, every=0.05)
 
     pipe.workers[1].kill9()
     pipe.start_worker(1)
 
-    async def closed():
-        rows = await pipe.rows("SELECT * FROM crash_term WHERE term_id = :t", t=term["term_id"])
-        return rows[0] if rows and rows[0]["state"] == "closed" else None
-    row = await wait_for(closed, 120, "the flying term to be closed after the restart", every=0.25)
+    row = await pipe.wait_term(term["term_id"], ("closed",), 120, every=0.25)
 
     # Ended at its committed crash point, on its original schedule.
     assert row["crash_x100"] == crash
