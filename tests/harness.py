@@ -147,7 +147,6 @@ class Pipeline:
         self.env = {
             **os.environ,
             "CRASH_TOPIC_PREFIX": self.prefix,
-            "CRASH_APP_ID": f"crash-{self.name}",
             "CRASH_GATEWAY_ID": f"gw-{self.name}",
             "CRASH_GATEWAY_PORT": str(free_port()),
             "CRASH_WALLET_PORT": str(free_port()),
@@ -159,10 +158,12 @@ class Pipeline:
         self.database = "crash_t_" + self.name.replace("-", "_")
         self.db_url = make_url(base.db_url).set(database=self.database).render_as_string(hide_password=False)
         self.env["CRASH_DB_URL"] = self.db_url
+        # app_id too: the admin names the table changelogs it creates after it.
         self.settings = Settings(kafka_bootstrap=base.kafka_bootstrap, topic_prefix=self.prefix,
-                                 partitions=base.partitions, db_url=self.db_url, api_keys=base.api_keys,
-                                 secret_db_url=base.secret_db_url, wallet_db_url=base.wallet_db_url,
-                                 redis_url=base.redis_url)
+                                 app_id=f"crash-{self.name}", partitions=base.partitions, db_url=self.db_url,
+                                 api_keys=base.api_keys, secret_db_url=base.secret_db_url,
+                                 wallet_db_url=base.wallet_db_url, redis_url=base.redis_url)
+        self.env["CRASH_APP_ID"] = self.settings.app_id
         self.workers: dict[int, Process] = {}
         self.worker_ports: dict[int, int] = {}
         self.others: dict[str, Process] = {}

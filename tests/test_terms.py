@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import subprocess
 import uuid
 
@@ -225,6 +226,10 @@ async def test_admin_creates_every_table_changelog_compacted_before_any_worker(p
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
     from streams.admin import changelog_topics, create_topics
+
+    # This module's worker found its changelogs made: it created none of them itself.
+    worker_log = pipe.workers[1].log_path.read_text(errors="replace")
+    assert not re.findall(r"Topic '[^']*-changelog' created", worker_log)
 
     settings = dataclasses.replace(pipe.settings, app_id=f"no-worker-{uuid.uuid4().hex[:6]}")
     names = changelog_topics(settings)
