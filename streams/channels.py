@@ -6,11 +6,11 @@ validated one. A change applies from the next term (each term keeps a snapshot).
 from __future__ import annotations
 
 import copy
-import re
 from typing import Any
 
-CHANNEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$")
-CURRENCY = re.compile(r"^[A-Z]{3}$")
+from streams import ids
+
+MAX_JACKPOTS = 8
 
 DEFAULTS: dict[str, Any] = {
     "name": "",
@@ -27,6 +27,10 @@ DEFAULTS: dict[str, Any] = {
     # still count. Must stay below starting_ms.
     "grace_ms": 250,
     "chain_length": 1_000_000,
+    # The jackpots this channel's bets feed (their ids; each checks tier, currency and status
+    # itself). Kept up to date by the jackpot views when a jackpot of the channel's scope is
+    # created; like every config key, a change applies from the next term.
+    "jackpots": [],
     "currencies": {
         "EUR": {"min_bet": 10, "max_bet": 100_000, "max_bets_per_user": 3,
                 "max_win": 10_000_000, "max_payout_per_term": 50_000_000},
@@ -62,8 +66,12 @@ def validate(changes: dict[str, Any], current: dict[str, Any] | None = None) -> 
     config = {**base, **copy.deepcopy(changes)}
     if not isinstance(config["name"], str) or len(config["name"]) > 100:
         raise ConfigError("name must be a string of at most 100 characters")
-    if not isinstance(config["operator_group"], str) or not CHANNEL_ID.match(config["operator_group"]):
-        raise ConfigError("operator_group must match [A-Za-z0-9][A-Za-z0-9_.-]{0,47}")
+    if not ids.is_name(config["operator_group"]):
+        raise ConfigError(f"operator_group must match {ids.NAME.pattern}")
+    jackpots = config["jackpots"]
+    if (not isinstance(jackpots, list) or len(jackpots) > MAX_JACKPOTS or len(set(jackpots)) != len(jackpots)
+            or not all(ids.is_name(j) for j in jackpots)):
+        raise ConfigError(f"jackpots must be a list of at most {MAX_JACKPOTS} distinct jackpot ids")
     _int(config, "betting_ms", 500, 600_000)
     _int(config, "starting_ms", 100, 60_000)
     _int(config, "cooldown_ms", 100, 600_000)
@@ -85,7 +93,7 @@ def validate(changes: dict[str, Any], current: dict[str, Any] | None = None) -> 
     if not isinstance(currencies, dict) or not currencies:
         raise ConfigError("currencies must be a non-empty object {CODE: limits}")
     for code, limits in currencies.items():
-        if not CURRENCY.match(code):
+        if not isinstance(code, str) or not ids.CURRENCY.fullmatch(code):
             raise ConfigError(f"currency {code!r} must be three capital letters")
         if not isinstance(limits, dict) or set(limits) != set(CURRENCY_LIMITS):
             raise ConfigError(f"currency {code} needs exactly: {', '.join(CURRENCY_LIMITS)}")

@@ -12,8 +12,11 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
-from streams.events import ALL_RECORDS, Message
+from streams.events import ALL_RECORDS as GAME_RECORDS
+from streams.events import Message
+from streams.jackpot_events import JACKPOT_RECORDS
 
+ALL_RECORDS = GAME_RECORDS + JACKPOT_RECORDS
 RECORDS: dict[str, type[Message]] = {cls.__name__: cls for cls in ALL_RECORDS}
 
 

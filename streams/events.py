@@ -11,7 +11,7 @@ and every consumer can de-duplicate.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import faust
 
@@ -83,6 +83,26 @@ class PublishChain(Command):
 
 class Tick(Command):
     """The clock: a worker sends one per owned channel every tick interval."""
+
+
+class FeedJackpot(Command):
+    """The channel's bets start (feed=true) or stop feeding a jackpot, from the next term."""
+    jackpot_id: str
+    feed: bool = True
+    operator: str = ""
+
+
+class TermJackpotHit(Command):
+    """A term jackpot of the channel hit on a contribution of one of its terms' bets: the
+    Jackpot Service locked `amount` in; the winners are ranked once the term is settled."""
+    jackpot_id: str
+    award_id: str
+    cycle: int
+    amount: int
+    currency: str
+    rank_split_bps: List[int]
+    bet_id: str                 # the bet whose contribution crossed (wins if nobody cashed out)
+    user_id: str
 
 
 # ------------------------------------------------------------------ game.term
@@ -272,10 +292,13 @@ class BetRefunded(Message):
 
 class TermSettled(Message):
     """Settlement of a term by the Cashout Service; also sent to game.command so that the
-    orchestrator closes the term with these totals."""
+    orchestrator closes the term with these totals (and a term jackpot is ranked on `podium`)."""
     totals: Dict[str, Dict[str, int]]
     bets: int
     aborted: bool = False
+    # currency -> the term's best cashouts, closest to the crash point first (ties: the
+    # earlier bet): [{bet_id, user_id, amount, multiple_x100}, ...], at most three.
+    podium: Optional[Dict[str, List[Dict[str, Any]]]] = None
 
 
 # ------------------------------------------------------------------ game.payout
@@ -328,6 +351,19 @@ class CommandReply(Message):
     mode: str = ""
 
 
+class JackpotReply(Message):
+    """The Jackpot Service's answer to a REST contribution or award."""
+    gateway_id: str
+    command_id: str
+    status: str                 # accepted | refused
+    jackpot_id: str
+    reason: str = ""
+    value: int = 0              # the pool after the command, whole minor units
+    currency: str = ""
+    award: Optional[Dict[str, Any]] = None   # {award_id, amount, cycle} when it hit or awarded
+    repeat: bool = False        # the answer recorded for an earlier identical request
+
+
 class DeadLetter(Message):
     source_topic: str
     partition: int
@@ -346,12 +382,15 @@ BET_TOPIC_EVENTS = (BetPlaced, BetRejected, BetCancelled, CashoutRequested, Book
                     CashoutRejected, BetVoided, BetRefunded, TermSettled)
 PAYOUT_TOPIC_EVENTS = (PayoutRequested, PayoutSucceeded, PayoutFailed)
 
+REPLY_RECORDS = (CommandReply, JackpotReply)
+
 ALL_RECORDS: tuple[type[Message], ...] = (
     PlaceBet, CancelBet, CashoutBet, StartTerm, AbortTerm, ConfigureChannel, PublishChain, Tick,
+    FeedJackpot, TermJackpotHit,
     ChannelConfigured, ChainPublished, TermCreated, TermStateChanged, TermTick, TermCrashed,
     TermAborted, TermClosed,
     BetPlaced, BetRejected, BetCancelled, CashoutRequested, BookMark, BetsSealed, BetCashedOut,
     CashoutRejected, BetVoided, BetRefunded, TermSettled,
     PayoutRequested, PayoutSucceeded, PayoutFailed,
-    CommandReply, DeadLetter,
+    CommandReply, JackpotReply, DeadLetter,
 )

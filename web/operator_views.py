@@ -19,9 +19,10 @@ from sqlalchemy import text
 from ulid import ULID
 
 from sql.db import make_engine
+from streams import ids
 from streams.app import app, settings
 from streams.cache import redis_client
-from streams.channels import CHANNEL_ID, ConfigError, validate
+from streams.channels import ConfigError, validate
 from streams.codec import encode
 from streams.events import AbortTerm, ConfigureChannel, StartTerm
 from streams.topics import command_topic
@@ -111,8 +112,8 @@ class Channels(web.View):
         if error:
             return error
         channel_id = body.get("channel_id")
-        if not isinstance(channel_id, str) or not CHANNEL_ID.match(channel_id):
-            return problem(400, "bad_request", "channel_id must match [A-Za-z0-9][A-Za-z0-9_.-]{0,47}")
+        if not ids.is_name(channel_id):
+            return problem(400, "bad_request", f"channel_id must match {ids.NAME.pattern}")
         try:
             config = validate(body.get("config") or {})
         except ConfigError as exc:

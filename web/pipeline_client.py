@@ -1,0 +1,92 @@
+"""The one way an HTTP face talks to the pipeline: send a command, wait for its answer.
+
+Commands go to their topic keyed by what owns them (a channel on game.command, a jackpot on
+game.jackpot.command); the pipeline's definitive answer comes back on game.reply, keyed by
+this process's gateway id: each process reads only its own partition of game.reply (from its
+end, resolved before any command is sent) and resolves the waiting request by command id.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
+
+from streams.codec import DecodeError, decode, encode
+from streams.events import REPLY_RECORDS, Message
+from streams.settings import Settings
+from streams.topics import REPLY
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PipelineClient"]
+
+
+class PipelineClient:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.gateway_id = settings.gateway_id
+        self.producer: AIOKafkaProducer | None = None
+        self._replies: AIOKafkaConsumer | None = None
+        self._pending: dict[str, asyncio.Future] = {}
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        self.producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all", linger_ms=1,
+                                         enable_idempotence=True)
+        await self.producer.start()
+        reply_topic = s.topic(REPLY)
+        self._replies = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, enable_auto_commit=False,
+                                         group_id=None, fetch_max_wait_ms=10)
+        await self._replies.start()
+        partitions = sorted(await self.partitions(reply_topic))
+        own = TopicPartition(reply_topic, DefaultPartitioner()(self.gateway_id.encode(), partitions, partitions))
+        self._replies.assign([own])
+        await self._replies.seek_to_end(own)
+        await self._replies.position(own)     # resolved before any command is sent
+        self._task = asyncio.create_task(self._read_replies())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        for client in (self._replies, self.producer):
+            if client is not None:
+                await client.stop()
+
+    async def partitions(self, topic: str) -> set[int]:
+        assert self.producer is not None
+        for _ in range(100):
+            partitions = await self.producer.partitions_for(topic)
+            if partitions:
+                return set(partitions)
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"topic {topic} has no partitions (run crash-admin topics)")
+
+    async def send(self, topic: str, key: str, record: Message) -> None:
+        """Send one record to a game topic (logical name) and wait for Kafka's acknowledgement."""
+        assert self.producer is not None
+        await self.producer.send_and_wait(self.settings.topic(topic), encode(record), key=key.encode())
+
+    async def decide(self, topic: str, key: str, command: Message, timeout_s: float | None = None):
+        """Send a command and wait for the pipeline's answer to it (TimeoutError if none comes)."""
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._pending[command.event_id] = future
+        try:
+            await self.send(topic, key, command)
+            timeout = timeout_s if timeout_s is not None else self.settings.decision_timeout_ms / 1000
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._pending.pop(command.event_id, None)
+
+    async def _read_replies(self) -> None:
+        assert self._replies is not None
+        async for message in self._replies:
+            try:
+                reply = decode(message.value, REPLY_RECORDS)
+            except DecodeError:
+                continue
+            future = self._pending.get(reply.command_id)
+            if future is not None and not future.done():
+                future.set_result(reply)
