@@ -13,7 +13,7 @@ Service, which decides and answers.
 from __future__ import annotations
 
 from agents.context import CommandContext
-from streams import metrics, money
+from streams import ids, metrics, money
 from streams.events import (
     BetCancelled,
     BetPlaced,
@@ -90,6 +90,11 @@ def _placement_refusal(ctx: CommandContext, cmd: PlaceBet) -> str:
 
 
 async def place_bet(ctx: CommandContext, cmd: PlaceBet) -> None:
+    # The one identifier rule of every door (streams/ids.py): a command that did not come
+    # through the gateway is held to it too, before anything is stored under its ids.
+    if not (ids.is_reference(cmd.api_order_no) and ids.is_reference(cmd.user_id)):
+        metrics.BET_DECISIONS.labels(outcome="rejected", reason="invalid_id").inc()
+        return refuse(ctx, cmd, "invalid_id", api_order_no=cmd.api_order_no[:64])
     staged = ctx.batch.staged
     key = order_key(cmd.channel_id, cmd.api_order_no)
     order = staged.get(orders, key)

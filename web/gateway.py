@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from ulid import ULID
 
 from sql.db import make_engine
@@ -37,9 +38,10 @@ from web.wallet_client import WalletClient, WalletError, WalletResult, WalletUna
 log = logging.getLogger("crash.gateway")
 
 MAX_BODY = 16 * 1024
-ORDER_CLAIM_TTL_S = 30 * 24 * 3600
+MYSQL_DUPLICATE_KEY = 1062
 
 REQUESTS = Counter("gateway_requests_total", "Bet API requests", ["op", "status"])
+SHED = Counter("gateway_shed_total", "Requests answered 503 at once because too many were in flight")
 DECISION_SECONDS = Histogram("gateway_decision_seconds", "From receive to the pipeline's definitive answer",
                              ["op"], buckets=(.005, .01, .025, .05, .075, .1, .15, .25, .5, 1, 2.5, 5))
 
@@ -59,7 +61,7 @@ class Gateway:
         self.terms = TermFollower(settings, self.db)
         self.wallet = WalletClient.from_settings(settings)
         self.saga = DebitSaga(self.db, self.wallet, place=lambda c: self.decide(c, "player_place"),
-                              send=lambda c: self.pipeline.send(COMMAND, c.channel_id, c))
+                              send=lambda c: self.pipeline.send_within(COMMAND, c.channel_id, c))
 
     @property
     def channels(self) -> dict[str, dict[str, Any]]:
@@ -89,15 +91,38 @@ class Gateway:
             raise BadRequest(404, "unknown_channel", f"no channel {channel_id}")
         return config
 
-    async def claim_order(self, config: dict[str, Any], channel_id: str, api_order_no: str) -> None:
-        """api_order_no is unique per operator: the first channel to use it keeps it."""
-        key = f"order:{config['operator_group']}:{api_order_no}"
-        if await self.redis.set(key, channel_id, nx=True, ex=ORDER_CLAIM_TTL_S):
+    async def claim_order(self, config: dict[str, Any], command: PlaceBet, mode: str) -> None:
+        """api_order_no is unique per operator group (DESIGN section 7), and MariaDB owns it
+        (table api_order): the first claim fixes its channel and its mode, for good.
+
+        Refused before anything else happens to the order (no debit, no command): a reuse on
+        another channel, and a reuse in the other mode, e.g. a seamless debit on a number the
+        pipeline already decided in transfer mode (that debit would have had no bet to refund it).
+        A repeat on the same channel and mode goes on, and gets the pipeline's first decision.
+        """
+        group, number = config["operator_group"], command.api_order_no
+        try:
+            async with self.db.begin() as conn:
+                await conn.execute(text(
+                    "INSERT INTO api_order (operator_group, api_order_no, channel_id, mode, user_id, claimed_at)"
+                    " VALUES (:g, :o, :c, :m, :u, :t)"),
+                    {"g": group, "o": number, "c": command.channel_id, "m": mode, "u": command.user_id,
+                     "t": command.ts})
             return
-        owner = await self.redis.get(key)
-        if owner is not None and owner.decode() != channel_id:
+        except IntegrityError as error:
+            if getattr(error.orig, "args", (None,))[0] != MYSQL_DUPLICATE_KEY:
+                raise
+        async with self.db.connect() as conn:
+            owner = (await conn.execute(text(
+                "SELECT channel_id, mode FROM api_order WHERE operator_group = :g AND api_order_no = :o"),
+                {"g": group, "o": number})).one()
+        if owner.channel_id != command.channel_id:
             raise BadRequest(409, "order_no_taken",
-                             f"api_order_no {api_order_no} was already used on channel {owner.decode()}")
+                             f"api_order_no {number} was already used on channel {owner.channel_id}")
+        if owner.mode != mode:
+            raise BadRequest(409, "order_no_taken",
+                             f"api_order_no {number} was already used in {owner.mode} mode; this request is"
+                             f" {mode} mode (nothing was debited)")
 
     def command_fields(self, request: web.Request, channel_id: str) -> dict[str, Any]:
         command_id = str(ULID())
@@ -155,7 +180,7 @@ async def place_bet(request: web.Request) -> web.Response:
     gateway: Gateway = request.app[KEY_GATEWAY]
     body = await signed_json(request)
     command = place_command(gateway, request, body)
-    await gateway.claim_order(gateway.channels[command.channel_id], command.channel_id, command.api_order_no)
+    await gateway.claim_order(gateway.channels[command.channel_id], command, "transfer")
     return _answer(await gateway.decide(command, "place"), "place")
 
 
@@ -164,7 +189,7 @@ async def place_player_bet(request: web.Request) -> web.Response:
     gateway: Gateway = request.app[KEY_GATEWAY]
     body = await signed_json(request, roles=("player", "game", "admin"))
     command = place_command(gateway, request, body, debited=True)
-    await gateway.claim_order(gateway.channels[command.channel_id], command.channel_id, command.api_order_no)
+    await gateway.claim_order(gateway.channels[command.channel_id], command, "seamless")
     try:
         outcome = await gateway.saga.debit_and_place(command)
     except WalletUnavailable as error:
@@ -251,7 +276,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 def make_app(settings: Settings | None = None) -> web.Application:
     settings = settings or get_settings()
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[stamp_and_guard(MAX_BODY, _count_refusal)])
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[stamp_and_guard(
+        MAX_BODY, _count_refusal, max_in_flight=settings.gateway_max_in_flight, on_shed=lambda _: SHED.inc())])
     gateway = Gateway(settings)
     app[KEY_GATEWAY] = gateway
 

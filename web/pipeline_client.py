@@ -70,15 +70,29 @@ class PipelineClient:
         await self.producer.send_and_wait(self.settings.topic(topic), encode(record), key=key.encode())
 
     async def decide(self, topic: str, key: str, command: Message, timeout_s: float | None = None):
-        """Send a command and wait for the pipeline's answer to it (TimeoutError if none comes)."""
+        """Send a command and wait for the pipeline's answer to it: TimeoutError if none comes
+        within the decision timeout, which covers the send to Kafka too.
+
+        During a broker outage the send alone can wait for metadata or acknowledgements for
+        tens of seconds (aiokafka's request timeout); the caller gets its 503 after the decision
+        timeout instead. A send cut short may still be delivered later: the pipeline answers a
+        repeat with the same api_order_no with the first decision, so that is harmless.
+        """
+        timeout = timeout_s if timeout_s is not None else self.settings.decision_timeout_ms / 1000
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self._pending[command.event_id] = future
         try:
-            await self.send(topic, key, command)
-            timeout = timeout_s if timeout_s is not None else self.settings.decision_timeout_ms / 1000
-            return await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):
+                await self.send(topic, key, command)
+                return await future
         finally:
             self._pending.pop(command.event_id, None)
+
+    async def send_within(self, topic: str, key: str, record: Message, timeout_s: float | None = None) -> None:
+        """`send`, bounded by the decision timeout (TimeoutError after it)."""
+        timeout = timeout_s if timeout_s is not None else self.settings.decision_timeout_ms / 1000
+        async with asyncio.timeout(timeout):
+            await self.send(topic, key, record)
 
     async def _read_replies(self) -> None:
         assert self._replies is not None

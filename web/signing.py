@@ -1,22 +1,32 @@
 """HMAC-SHA256 request signing (DESIGN section 11): the one signing module of the project.
 
 Used by the bet API, the operator views, the reference wallet and every client of them
-(payout adapter, bots, tests). A request carries:
+(payout adapter, bots, tests: all sign through `sign_headers`). A request carries:
 
     X-Key-Id         which shared secret signed it
     X-Timestamp      unix time in milliseconds
-    X-Nonce          random, used once per key (Redis SET NX with expiry)
+    X-Nonce          8 to 64 random characters, used once per key
     X-Content-SHA256 hex SHA-256 of the exact body bytes
     X-Signature      hex HMAC-SHA256(secret, canonical)
 
-    canonical = METHOD \n PATH?QUERY \n TIMESTAMP \n NONCE \n CONTENT_SHA256
+    canonical = METHOD \n PATH?QUERY \n KEY_ID \n TIMESTAMP \n NONCE \n CONTENT_SHA256
 
-Requests outside +/- 300 s are refused, a nonce is accepted once, comparisons are constant time.
+The key id is signed too: otherwise a captured request could be re-sent under another key id
+that shares its secret (another role, and a fresh nonce namespace).
+
+Requests outside +/- 300 s are refused, comparisons are constant time, and a nonce is accepted
+once: Redis SET NX with an expiry longer than the window, on a Redis that writes every change to
+its append-only file before answering (see `./stack`), so a restart, kill -9 included, does not
+reopen the window. If the nonce store comes back *without* its data (a new node, a lost disk),
+its epoch key is gone too: the store then starts a new epoch at the moment that Redis started
+(or this process, if later) and refuses every request signed before it, so that no request
+signed before the loss can be replayed.
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -24,6 +34,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from aiohttp import web
+
+__all__ = ["sign", "sign_headers", "body_digest", "canonical", "Verifier", "Caller", "SignatureError",
+           "NonceStoreUnavailable", "RedisNonceStore", "MemoryNonceStore", "require_signature", "MAX_SKEW_MS"]
 
 MAX_SKEW_MS = 300_000
 NONCE_TTL_S = 2 * MAX_SKEW_MS // 1000 + 10
@@ -34,17 +47,25 @@ HEADER_NONCE = "X-Nonce"
 HEADER_DIGEST = "X-Content-SHA256"
 HEADER_SIGNATURE = "X-Signature"
 
+# Shapes checked before anything is computed from a header: an over-long timestamp must not
+# reach int() (Python refuses to parse more than 4300 digits: a 500), a non-ASCII signature must
+# not reach hmac.compare_digest (it raises TypeError for non-ASCII text: a 500 too).
+_TIMESTAMP = re.compile(r"[0-9]{1,16}")
+_NONCE = re.compile(r"[A-Za-z0-9+/=_.-]{8,64}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
-def _canonical(method: str, path_qs: str, timestamp: str, nonce: str, digest: str) -> bytes:
-    return "\n".join((method.upper(), path_qs, timestamp, nonce, digest)).encode()
+
+def canonical(method: str, path_qs: str, key_id: str, timestamp: str, nonce: str, digest: str) -> bytes:
+    """The exact bytes that are signed (documented in README, section APIs)."""
+    return "\n".join((method.upper(), path_qs, key_id, timestamp, nonce, digest)).encode()
 
 
 def body_digest(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-def sign(secret: str, method: str, path_qs: str, timestamp: str, nonce: str, digest: str) -> str:
-    return hmac.new(secret.encode(), _canonical(method, path_qs, timestamp, nonce, digest),
+def sign(secret: str, method: str, path_qs: str, key_id: str, timestamp: str, nonce: str, digest: str) -> str:
+    return hmac.new(secret.encode(), canonical(method, path_qs, key_id, timestamp, nonce, digest),
                     hashlib.sha256).hexdigest()
 
 
@@ -59,37 +80,81 @@ def sign_headers(key_id: str, secret: str, method: str, path_qs: str, body: byte
         HEADER_TIMESTAMP: timestamp,
         HEADER_NONCE: nonce,
         HEADER_DIGEST: digest,
-        HEADER_SIGNATURE: sign(secret, method, path_qs, timestamp, nonce, digest),
+        HEADER_SIGNATURE: sign(secret, method, path_qs, key_id, timestamp, nonce, digest),
     }
 
 
 class NonceStore(Protocol):
-    async def claim(self, key_id: str, nonce: str, ttl_s: int) -> bool:
-        """True the first time (key_id, nonce) is seen within ttl_s."""
+    async def claim(self, key_id: str, nonce: str, ttl_s: int, signed_at_ms: int) -> str | None:
+        """None when (key_id, nonce) is claimed now for the first time, else why it is refused."""
+
+
+class NonceStoreUnavailable(Exception):
+    """The nonce store cannot be reached: the request can be neither accepted nor refused (503)."""
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 class RedisNonceStore:
+    """Nonces in Redis, one key per (key id, nonce) with an expiry, plus the store's epoch."""
+
     def __init__(self, redis, namespace: str = "nonce") -> None:  # redis.asyncio.Redis
         self._redis = redis
         self._namespace = namespace
+        self._epoch_key = f"{namespace}:epoch"
+        self._created_ms = _now_ms()
 
-    async def claim(self, key_id: str, nonce: str, ttl_s: int) -> bool:
-        return bool(await self._redis.set(f"{self._namespace}:{key_id}:{nonce}", b"1", nx=True, ex=ttl_s))
+    async def _new_epoch(self) -> int:
+        """When the data was lost at the latest: Redis's start (to the second: its uptime is whole
+        seconds), or this process's start, whichever is later. Everything signed since then has
+        had its nonce claimed in this Redis."""
+        seconds, _micros = await self._redis.time()
+        uptime_s = int((await self._redis.info("server"))["uptime_in_seconds"])
+        return max(self._created_ms, (seconds - uptime_s) * 1000)
+
+    async def claim(self, key_id: str, nonce: str, ttl_s: int, signed_at_ms: int) -> str | None:
+        from streams.cache import REDIS_ERRORS
+
+        try:
+            # One round trip: the claim and the epoch together.
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.set(f"{self._namespace}:{key_id}:{nonce}", b"1", nx=True, ex=ttl_s)
+            pipe.get(self._epoch_key)
+            fresh, epoch = await pipe.execute()
+            if epoch is None:
+                # No epoch: this store is new or lost its data (and with it, maybe, the nonces
+                # of requests signed before). A new epoch starts; the first writer wins.
+                await self._redis.set(self._epoch_key, str(await self._new_epoch()).encode(), nx=True)
+                epoch = await self._redis.get(self._epoch_key)
+        except REDIS_ERRORS as error:
+            raise NonceStoreUnavailable(f"nonce store unavailable: {error}") from error
+        if epoch is not None and signed_at_ms < int(epoch):
+            return "signed before the nonce store's current epoch (it restarted without its data); sign it again"
+        return None if fresh else "nonce already used"
 
 
 class MemoryNonceStore:
-    """For unit tests and single-process tools; production uses RedisNonceStore."""
+    """For unit tests and single-process tools; production uses RedisNonceStore.
+
+    Its epoch is its creation: a restarted process forgets its nonces, so it refuses what was
+    signed before it started.
+    """
 
     def __init__(self) -> None:
         self._seen: dict[tuple[str, str], float] = {}
+        self.epoch_ms = _now_ms()
 
-    async def claim(self, key_id: str, nonce: str, ttl_s: int) -> bool:
+    async def claim(self, key_id: str, nonce: str, ttl_s: int, signed_at_ms: int) -> str | None:
+        if signed_at_ms < self.epoch_ms:
+            return "signed before the nonce store's current epoch (it restarted without its data); sign it again"
         now = time.monotonic()
         self._seen = {k: exp for k, exp in self._seen.items() if exp > now}
         if (key_id, nonce) in self._seen:
-            return False
+            return "nonce already used"
         self._seen[(key_id, nonce)] = now + ttl_s
-        return True
+        return None
 
 
 class SignatureError(Exception):
@@ -113,6 +178,8 @@ class Verifier:
 
     async def verify(self, method: str, path_qs: str, headers: Mapping[str, str], body: bytes,
                      now_ms: int | None = None) -> Caller:
+        """The caller of a well-signed, fresh, first-seen request; SignatureError otherwise
+        (NonceStoreUnavailable when the nonce cannot be claimed)."""
         try:
             key_id = headers[HEADER_KEY_ID]
             timestamp = headers[HEADER_TIMESTAMP]
@@ -125,28 +192,31 @@ class Verifier:
         if entry is None:
             raise SignatureError("unknown key id")
         secret, role = entry
-        if not timestamp.isdigit():
-            raise SignatureError("timestamp must be unix milliseconds")
-        now = now_ms if now_ms is not None else int(time.time() * 1000)
-        if abs(now - int(timestamp)) > self._max_skew_ms:
+        if not _TIMESTAMP.fullmatch(timestamp):
+            raise SignatureError("timestamp must be unix milliseconds (1 to 16 digits)")
+        now = now_ms if now_ms is not None else _now_ms()
+        signed_at = int(timestamp)
+        if abs(now - signed_at) > self._max_skew_ms:
             raise SignatureError("timestamp outside the allowed window of 300 s")
-        if not 8 <= len(nonce) <= 64:
-            raise SignatureError("nonce must be 8 to 64 characters")
-        if not hmac.compare_digest(digest, body_digest(body)):
+        if not _NONCE.fullmatch(nonce):
+            raise SignatureError("nonce must be 8 to 64 characters of A-Z a-z 0-9 + / = _ . -")
+        if not _HEX64.fullmatch(digest) or not hmac.compare_digest(digest, body_digest(body)):
             raise SignatureError("body digest does not match the body")
-        expected = sign(secret, method, path_qs, timestamp, nonce, digest)
-        if not hmac.compare_digest(expected, signature):
+        expected = sign(secret, method, path_qs, key_id, timestamp, nonce, digest)
+        if not _HEX64.fullmatch(signature) or not hmac.compare_digest(expected, signature):
             raise SignatureError("bad signature")
         # Claim the nonce last, so that a forged request cannot burn a legitimate nonce.
-        if not await self._nonces.claim(key_id, nonce, NONCE_TTL_S):
-            raise SignatureError("nonce already used")
+        refusal = await self._nonces.claim(key_id, nonce, NONCE_TTL_S, signed_at)
+        if refusal:
+            raise SignatureError(refusal)
         return Caller(key_id=key_id, role=role)
 
 
 def require_signature(verifier: Verifier, roles: Iterable[str] | None = None,
                       ) -> Callable[[Callable[[web.Request], Awaitable[web.StreamResponse]]],
                                     Callable[[web.Request], Awaitable[web.StreamResponse]]]:
-    """aiohttp handler decorator: 401 on a bad signature, 403 on a role not allowed.
+    """aiohttp handler decorator: 401 on a bad signature, 403 on a role not allowed, 503 when
+    the nonce store is down.
 
     The verified caller is stored as request["caller"].
     """
@@ -159,6 +229,9 @@ def require_signature(verifier: Verifier, roles: Iterable[str] | None = None,
                 caller = await verifier.verify(request.method, request.path_qs, request.headers, body)
             except SignatureError as error:
                 return web.json_response({"error": "unauthorized", "reason": str(error)}, status=401)
+            except NonceStoreUnavailable as error:
+                return web.json_response({"error": "unavailable", "reason": str(error)}, status=503,
+                                         headers={"Retry-After": "1"})
             if allowed is not None and caller.role not in allowed:
                 return web.json_response(
                     {"error": "forbidden", "reason": f"role {caller.role!r} may not call this endpoint"},

@@ -42,11 +42,14 @@ from prometheus_client import (
 )
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from sql.db import make_engine
-from streams.cache import redis_client
+from streams import ids
+from streams.cache import REDIS_ERRORS, redis_client
 from streams.settings import Settings, get_settings
+from web import http
 from web.signing import RedisNonceStore, Verifier, require_signature
 
 log = logging.getLogger("crash.wallet")
@@ -60,10 +63,17 @@ MAX_FAULT_MS = 600_000
 BATCH_CONCURRENCY = 8
 DB_ATTEMPTS = 5
 
-ORDER_NO_RE = re.compile(r"[A-Za-z0-9:_.-]{1,128}")
-USER_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-CURRENCY_RE = re.compile(r"[A-Z]{3}")
-KIND_RE = re.compile(r"[A-Za-z0-9:_.-]{0,32}")
+# Identifiers follow the game's one rule (streams/ids.py): a user id accepted by the bet API is
+# accepted here, and one refused here was refused there, so no payout or debit can be left
+# failed for good by a door that disagrees. An order_no is a caller's reference (a debit's
+# order_no is the bet's api_order_no) or the pipeline's payout number, references joined by
+# ':' (cashout:<bet_id>, refund:<bet_id>, refund:<channel_id>:<api_order_no>,
+# bonus:<award_id>:<rank>); callers' references have no ':', so the two never collide.
+ORDER_NO_MAX = 128
+ORDER_NO_RE = re.compile(rf"{ids.REFERENCE.pattern}(?::{ids.REFERENCE.pattern}){{0,3}}")
+USER_ID_RE = ids.REFERENCE
+CURRENCY_RE = ids.CURRENCY
+KIND_RE = re.compile(r"[A-Za-z0-9_.-]{0,32}")
 
 DEBIT_FIELDS = frozenset({"order_no", "user_id", "currency", "amount", "meta"})
 CREDIT_FIELDS = frozenset({"order_no", "user_id", "currency", "amount", "kind", "meta"})
@@ -82,13 +92,13 @@ class BadRequest(Exception):
 # ---------------------------------------------------------------- validation
 
 def _json_object(body: bytes, what: str = "body") -> dict[str, Any]:
+    # The shared reader: invalid UTF-8, deep nesting, over-long integers, NaN are 400s.
+    if not body:
+        raise BadRequest(f"{what} is not valid JSON (empty)")
     try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):  # RecursionError: absurdly nested arrays/objects
-        raise BadRequest(f"{what} is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise BadRequest(f"{what} must be a JSON object")
-    return data
+        return http.parse_json_object(body, what)
+    except http.BadRequest as error:
+        raise BadRequest(error.reason) from None
 
 
 def _check_fields(data: dict[str, Any], allowed: frozenset[str], prefix: str) -> None:
@@ -121,7 +131,8 @@ def _amount(data: dict[str, Any], name: str, minimum: int, prefix: str = "") -> 
 
 
 def _user_id(data: dict[str, Any], prefix: str = "") -> str:
-    return _text(data, "user_id", USER_ID_RE, "1 to 64 characters of A-Z a-z 0-9 _ . -", prefix)
+    return _text(data, "user_id", USER_ID_RE,
+                 "1 to 64 characters of A-Z a-z 0-9 _ . -, starting with a letter or digit", prefix)
 
 
 def _currency(data: dict[str, Any], prefix: str = "") -> str:
@@ -148,13 +159,17 @@ class Operation:
 
 def parse_operation(data: dict[str, Any], op: str, prefix: str = "") -> Operation:
     _check_fields(data, DEBIT_FIELDS if op == "debit" else CREDIT_FIELDS, prefix)
-    order_no = _text(data, "order_no", ORDER_NO_RE, "1 to 128 characters of A-Z a-z 0-9 : _ . -", prefix)
+    order_no = _text(data, "order_no", ORDER_NO_RE,
+                     "a reference (A-Z a-z 0-9 _ . -, starting with a letter or digit) or references joined by :",
+                     prefix)
+    if len(order_no) > ORDER_NO_MAX:
+        raise BadRequest(f"{prefix}order_no must be at most {ORDER_NO_MAX} characters")
     user_id = _user_id(data, prefix)
     currency = _currency(data, prefix)
     amount = _amount(data, "amount", 1, prefix)
     kind = ""
     if op == "credit" and data.get("kind") is not None:
-        kind = _text(data, "kind", KIND_RE, "at most 32 characters of A-Z a-z 0-9 : _ . -", prefix)
+        kind = _text(data, "kind", KIND_RE, "at most 32 characters of A-Z a-z 0-9 _ . -", prefix)
     meta = data.get("meta")
     if meta is not None and not isinstance(meta, dict):
         raise BadRequest(f"{prefix}meta must be a JSON object")
@@ -406,6 +421,14 @@ class WalletService:
             response = _error(413, "payload_too_large", f"the body may be at most {MAX_BODY_BYTES} bytes")
         except web.HTTPException as exc:  # 404, 405...: JSON like every other answer
             response = _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
+        except (DBAPIError, SQLAlchemyTimeout) as exc:  # MariaDB down: the caller retries the same order_no
+            log.warning("%s %s: database unavailable: %s", request.method, request.path, str(exc)[:200])
+            response = _error(503, "database_unavailable", "the wallet database cannot be reached; retry")
+            response.headers["Retry-After"] = "1"
+        except REDIS_ERRORS as exc:
+            log.warning("%s %s: Redis unavailable: %s", request.method, request.path, exc)
+            response = _error(503, "redis_unavailable", "the nonce store cannot be reached; retry")
+            response.headers["Retry-After"] = "1"
         except Exception:
             log.exception("%s %s failed", request.method, request.path)
             response = _error(500, "internal", "internal error (logged)")
