@@ -12,6 +12,7 @@ Service, which decides and answers.
 """
 from __future__ import annotations
 
+from agents import term_jackpot
 from agents.context import CommandContext
 from streams import ids, metrics, money
 from streams.events import (
@@ -133,6 +134,7 @@ async def place_bet(ctx: CommandContext, cmd: PlaceBet) -> None:
         trace_id=cmd.trace_id, bet_id=order.bet_id, api_order_no=cmd.api_order_no, user_id=cmd.user_id,
         amount=cmd.amount, currency=cmd.currency, bet_type=cmd.bet_type, max_win_x100=order.max_win_x100,
         auto_cashout_x100=cmd.auto_cashout_x100, debited=cmd.debited))
+    term_jackpot.feed(ctx, term, cmd, order)
     metrics.BET_DECISIONS.labels(outcome="accepted", reason="").inc()
     _answer(ctx, cmd, order)
 

@@ -11,7 +11,8 @@ per term); the heaps are process memory rebuilt from the table after a restart o
 Each cashout emits BetCashedOut (game.bet) and PayoutRequested(cashout) (game.payout) with the
 deterministic order_no `cashout:<bet_id>`; the settlement emits TermSettled, both to game.bet
 (the sink marks the rest of the term's bets lost) and to game.command (the orchestrator closes
-the term).
+the term, and a term jackpot that hit during the term is shared out on its `podium`: the
+term's best cashouts, looked up in the book at the settlement).
 """
 from __future__ import annotations
 
@@ -202,9 +203,12 @@ def _settle(term: _Term, sealed: BetsSealed) -> None:
                 trace_id=term.term_id, bet_id=bet.bet_id, api_order_no=bet.api_order_no, user_id=bet.user_id,
                 amount=bet.amount, currency=bet.currency))
     bets = sum(t["bets"] for t in totals.values())
+    podium = {currency: [{"bet_id": bet.bet_id, "user_id": bet.user_id, "amount": bet.amount,
+                          "multiple_x100": bet.multiple_x100} for bet in ranked]
+              for currency, ranked in b.podium().items()}
     settled = TermSettled(event_id=f"{term.term_id}.settled", channel_id=term.channel_id, term_id=term.term_id,
                           ts=max(sealed.ts, sealed.end_at), trace_id=term.term_id, totals=totals, bets=bets,
-                          aborted=sealed.aborted)
+                          aborted=sealed.aborted, podium=podium)
     emit.send(bet_topic, term.channel_id, settled)
     emit.send(command_topic, term.channel_id, settled)
     for bet_id in b.bets:

@@ -11,7 +11,7 @@ import logging
 import os
 import time
 
-from agents import bet_service, term_orchestrator
+from agents import bet_service, term_jackpot, term_orchestrator
 from agents.context import CommandContext
 from streams import metrics
 from streams.app import app, settings
@@ -22,10 +22,12 @@ from streams.events import (
     CancelBet,
     CashoutBet,
     ConfigureChannel,
+    FeedJackpot,
     Message,
     PlaceBet,
     PublishChain,
     StartTerm,
+    TermJackpotHit,
     TermSettled,
     Tick,
 )
@@ -39,13 +41,15 @@ log = logging.getLogger(__name__)
 GATEWAY_COMMANDS = (PlaceBet, CancelBet, CashoutBet)
 
 HANDLERS = {
-    PlaceBet: bet_service.place_bet,
-    CancelBet: bet_service.cancel_bet,
-    CashoutBet: bet_service.request_cashout,
-    StartTerm: term_orchestrator.start_term,
-    AbortTerm: term_orchestrator.abort_term,
-    PublishChain: term_orchestrator.publish_chain,
-    TermSettled: term_orchestrator.close_term,
+    PlaceBet: (bet_service.place_bet,),
+    CancelBet: (bet_service.cancel_bet,),
+    CashoutBet: (bet_service.request_cashout,),
+    StartTerm: (term_orchestrator.start_term,),
+    AbortTerm: (term_orchestrator.abort_term,),
+    PublishChain: (term_orchestrator.publish_chain,),
+    FeedJackpot: (term_orchestrator.feed_jackpot,),
+    TermSettled: (term_orchestrator.close_term, term_jackpot.on_settled),
+    TermJackpotHit: (term_jackpot.on_hit,),
 }
 
 
@@ -56,7 +60,7 @@ async def handle_command(record: Message, event, batch: Batch) -> None:
         dead_letter(batch, event, f"key {key!r} does not match channel_id {record.channel_id!r}", "commands")
         return
     ctx = CommandContext(batch, record.channel_id, event.message.partition,
-                         batch.staged.get(channels, record.channel_id))
+                         batch.staged.get(channels, record.channel_id), event.message.offset)
     if isinstance(record, ConfigureChannel):
         if ctx.channel_or_none is not None:
             _advance_clock(ctx, record)
@@ -75,8 +79,7 @@ async def handle_command(record: Message, event, batch: Batch) -> None:
         return
     _advance_clock(ctx, record)
     await term_orchestrator.advance(ctx)
-    handler = HANDLERS.get(type(record))
-    if handler is not None:
+    for handler in HANDLERS.get(type(record), ()):
         await handler(ctx, record)
     ctx.save_channel()
 
@@ -89,7 +92,8 @@ def _advance_clock(ctx: CommandContext, record: Message) -> None:
 
 @app.agent(command_topic)
 async def command_processor(stream):
-    await run_batches(stream, "commands", handle_command, expected=COMMAND_TOPIC_RECORDS, max_batch=500)
+    await run_batches(stream, "commands", handle_command, expected=COMMAND_TOPIC_RECORDS, max_batch=500,
+                      after_batch=term_jackpot.emit_contributions)
 
 
 # ---------------------------------------------------------------- the clock

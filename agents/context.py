@@ -15,6 +15,7 @@ class CommandContext:
     channel_id: str
     partition: int
     channel_or_none: ChannelState | None
+    offset: int = -1             # of the command being handled, on its game.command partition
 
     @property
     def channel(self) -> ChannelState:

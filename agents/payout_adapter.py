@@ -40,6 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sql.db import make_engine
 from streams import metrics
+from streams.backoff import backoff_ms
 from streams.codec import encode
 from streams.events import Message, PayoutFailed, PayoutSucceeded
 from streams.settings import Settings, get_settings
@@ -49,7 +50,7 @@ log = logging.getLogger("crash.payout")
 
 # streams.topics.PAYOUT; importing that module would build the Faust app's topic objects.
 PAYOUT_TOPIC = "game.payout"
-STATUSES = ("ready", "sent", "acked", "failed")
+STATUSES = ("ready", "sent", "acked", "failed", "cancelled")   # cancelled: a rolled-back jackpot award
 ERROR_CHARS = 512                # payout_outbox.last_error
 EVENT_ID_CHARS = 96              # event_log.event_id
 TRACE_ID_CHARS = 64              # event_log.trace_id
@@ -86,14 +87,6 @@ _COUNT_FAILED = text("SELECT COUNT(*) FROM payout_outbox WHERE status = 'failed'
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def backoff_ms(tries: int, base_ms: int, cap_ms: int, jitter: float) -> int:
-    """Delay before the next try after `tries` failed ones: base doubling per try, capped, then
-    placed in [half, full] by `jitter` (0 <= jitter < 1) so that failures do not retry in lockstep."""
-    full = min(cap_ms, base_ms * 2 ** min(max(tries - 1, 0), 40))
-    half = full // 2
-    return half + int((full - half) * jitter)
 
 
 def _event_id(order_no: str, suffix: str) -> str:

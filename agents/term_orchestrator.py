@@ -27,6 +27,7 @@ from streams.events import (
     ChainPublished,
     ChannelConfigured,
     ConfigureChannel,
+    FeedJackpot,
     PublishChain,
     StartTerm,
     TermAborted,
@@ -306,6 +307,24 @@ async def configure_channel(ctx: CommandContext, cmd: ConfigureChannel) -> None:
     await advance(ctx)
 
 
+async def feed_jackpot(ctx: CommandContext, cmd: FeedJackpot) -> None:
+    """The channel's bets start or stop feeding a jackpot (a config change: from the next term)."""
+    channel = ctx.channel
+    current = list(channel.config.get("jackpots") or [])
+    wanted = sorted({*current, cmd.jackpot_id}) if cmd.feed else [j for j in current if j != cmd.jackpot_id]
+    if wanted == current:
+        return
+    try:
+        channel.config = validate({"jackpots": wanted}, channel.config)
+    except ConfigError as error:
+        log.error("jackpot %s not fed by %s: %s", cmd.jackpot_id, channel.channel_id, error)
+        return
+    channel.config_version += 1
+    ctx.emit_term(ChannelConfigured(
+        event_id=f"{cmd.channel_id}.config.{channel.config_version}", channel_id=cmd.channel_id, ts=cmd.ts,
+        trace_id=cmd.trace_id, config=channel.config, config_version=channel.config_version))
+
+
 async def publish_chain(ctx: CommandContext, cmd: PublishChain) -> None:
     channel = ctx.channel
     if cmd.chain_no != channel.chain_no + 1 or channel.next_chain is not None:
@@ -345,5 +364,5 @@ def chain_needs_renewal(channel: ChannelState) -> bool:
     return channel.next_chain is None and left <= max(1, channel.chain_length // 10)
 
 
-__all__ = ["advance", "start_term", "abort_term", "configure_channel", "publish_chain", "close_term",
+__all__ = ["advance", "start_term", "abort_term", "configure_channel", "feed_jackpot", "publish_chain", "close_term",
            "chain_needs_renewal", "channels", "terms"]

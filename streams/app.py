@@ -36,6 +36,7 @@ app = faust.App(
 def main() -> None:
     """`crash-worker worker -l info`: one Faust worker with every agent and operator view."""
     import agents  # noqa: F401  (registers the agents and timers)
+    import web.jackpot_views  # noqa: F401  (registers the jackpot operator views)
     import web.operator_views  # noqa: F401  (registers the operator views)
 
     logging.getLogger("aiokafka").setLevel(logging.WARNING)

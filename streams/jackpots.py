@@ -12,8 +12,8 @@ minor units.
 Cycle. A cycle starts at creation or at a reset with `seed + overflow` (what the previous
 cycle's hit left). `must_hit_by`: a hit value is drawn uniformly in [seed, cap] with a CSPRNG
 and committed as SHA-256("<value>:<nonce>"); the pool hits when a contribution takes it to or
-above that value; the award is exactly the hit value and the rest of that contribution is the
-overflow. `external`: the game reports the hit; the award is the pool's whole minor units and
+above that value (at most one hit per contribution); the award is exactly the hit value and the
+rest of that contribution is the overflow. `external`: the game reports the hit; the award is the pool's whole minor units and
 the sub-unit remainder is the overflow. A pool never shows more than its cap: beyond it,
 contributions wait in a reserve that joins the next cycle.
 """
@@ -94,6 +94,8 @@ def validate(changes: dict[str, Any], current: dict[str, Any] | None = None) -> 
     _int(definition, "cap", 1, MAX_MONEY)
     if definition["cap"] <= definition["seed"]:
         raise DefinitionError("cap must be above seed")
+    if definition["trigger"] == "must_hit_by" and definition["seed"] < 1:
+        raise DefinitionError("a must_hit_by seed must be at least 1: its award is at least the seed")
     tier = definition["tier"]
     scope = {"local": "channel_id", "shared": "operator_group"}.get(tier)
     for name in ("channel_id", "operator_group"):
@@ -126,6 +128,11 @@ def feeds(definition: dict[str, Any], channel_id: str, operator_group: str) -> b
     """Does a channel (of an operator group) feed this jackpot?"""
     return all({"channel_id": channel_id, "operator_group": operator_group}[k] == v
                for k, v in scope_of(definition).items())
+
+
+def view_key(jackpot_id: str) -> str:
+    """The Redis key of a jackpot's view (written by the Jackpot Service after each batch)."""
+    return f"jackpot:{jackpot_id}"
 
 
 # ---------------------------------------------------------------- contributions and hits

@@ -30,3 +30,24 @@ PAYOUT_ATTEMPTS = Counter("crash_payout_attempts_total", "Wallet credit attempts
 PAYOUTS_FAILED = Gauge("crash_payouts_failed", "Outbox rows in status failed (need an operator)")
 PAYOUT_LATENCY = Histogram("crash_payout_latency_seconds", "From outbox row creation to wallet ack",
                            buckets=(.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300))
+
+# Jackpots (names from the jackpot seed): contributions, awards, values, latency, reconciliation.
+JACKPOT_CONTRIBUTIONS = Counter("jackpot_contribute_total", "Contributions applied to a pool",
+                                ["jackpot_id", "source"])
+JACKPOT_CONTRIBUTED = Counter("jackpot_contributed_minor_units_total",
+                              "Money contributed to a pool, in minor units (for the top games)",
+                              ["jackpot_id", "game_id"])
+JACKPOT_REFUSED = Counter("jackpot_contributions_refused_total", "Contributions a pool refused",
+                          ["jackpot_id", "reason"])
+JACKPOT_AWARDS = Counter("jackpot_award_total", "Jackpot hits (locked-in awards)", ["jackpot_id", "trigger"])
+JACKPOT_VALUE = Gauge("jackpot_current_value", "A pool's value in whole minor units (on the worker that owns it)",
+                      ["jackpot_id", "currency"])
+JACKPOT_LATENCY = Histogram("jackpot_processing_latency", "From a contribution's source time to its pool update",
+                            ["source"], buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+JACKPOT_VIEW_ERRORS = Counter("jackpot_view_errors_total", "Jackpot views that could not be written to Redis")
+JACKPOT_RECONCILED_BPS = Gauge("jackpot_reconciliation_difference_bps",
+                               "Last reconciliation: |pool - (seeds + contributions - awards + compensations)|,"
+                               " in bps of the expected pool", ["jackpot_id"])
+JACKPOT_RECONCILED_MINOR = Gauge("jackpot_reconciliation_difference_minor_units",
+                                 "Last reconciliation: pool minus expected, in minor units", ["jackpot_id"])
+JACKPOT_NOTICES = Counter("jackpot_notices_total", "Near-cap webhook deliveries by outcome", ["outcome"])

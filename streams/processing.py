@@ -1,8 +1,10 @@
 """The batch loop every stateful agent runs (see tables/staging.py for why it is shaped so).
 
     take a batch of events -> decode each (undecodable -> game.dlq) -> handle it against the
-    staged tables -> send the batch's output and wait for Kafka's acks -> apply the staged
-    table writes -> (Faust acks the events and commits their offsets after the producer flush)
+    staged tables -> finish the batch (after_batch: output grouped over the whole batch) ->
+    send the batch's output and wait for Kafka's acks -> apply the staged table writes ->
+    after_commit (views of the committed state) -> (Faust acks the events and commits their
+    offsets after the producer flush)
 
 An unexpected exception is a bug, not bad input: the worker stops with a non-zero status before
 anything of the batch is applied, so that the batch is processed again after a restart (by this
@@ -17,6 +19,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from faust.streams import _current_event
 
@@ -43,9 +46,13 @@ class Batch:
     staged: Staged = field(default_factory=Staged)
     emit: Emitter = field(default_factory=Emitter)
     now: int = field(default_factory=now_ms)
+    # The handler's accumulators over the batch (e.g. contributions grouped per jackpot), which
+    # its after_batch turns into output.
+    work: dict[str, Any] = field(default_factory=dict)
 
 
 Handler = Callable[[Message, object, Batch], Awaitable[None]]
+BatchHook = Callable[[Batch], Awaitable[None]]
 
 
 def dead_letter(batch: Batch, event, error: str, consumer: str) -> None:
@@ -66,7 +73,8 @@ def dead_letter(batch: Batch, event, error: str, consumer: str) -> None:
 async def run_batches(stream, consumer: str, handle: Handler,
                       expected: tuple[type[Message], ...] | None = None,
                       max_batch: int = 500, within: float = 0.005,
-                      before_batch: Callable[[], None] | None = None, dead_letters: bool = True) -> None:
+                      before_batch: Callable[[], None] | None = None, dead_letters: bool = True,
+                      after_batch: BatchHook | None = None, after_commit: BatchHook | None = None) -> None:
     async for events in stream.take_events(max_batch, within):
         if before_batch is not None:
             before_batch()
@@ -82,10 +90,14 @@ async def run_batches(stream, consumer: str, handle: Handler,
                         dead_letter(batch, event, str(error), consumer)
                     continue
                 await handle(record, event, batch)
+            if after_batch is not None:
+                await after_batch(batch)
             handled = time.perf_counter()
             await batch.emit.flush()
             flushed = time.perf_counter()
             batch.staged.commit()
+            if after_commit is not None:
+                await after_commit(batch)
         except Exception:
             log.exception("%s: unexpected failure; stopping the worker so the batch is processed again", consumer)
             logging.shutdown()

@@ -129,6 +129,19 @@ class Settings:
     payout_http_timeout_ms: int = field(default_factory=lambda: _env_int("CRASH_PAYOUT_HTTP_TIMEOUT_MS", 3000))
     payout_poll_ms: int = field(default_factory=lambda: _env_int("CRASH_PAYOUT_POLL_MS", 200))
     payout_metrics_port: int = field(default_factory=lambda: _env_int("CRASH_PAYOUT_METRICS_PORT", 9101))
+    # Player page and push gateway (DESIGN section 15). The session secret signs the players'
+    # session tokens (web/sessions.py); the bet API issues them, the push gateway checks them.
+    push_host: str = field(default_factory=lambda: _env("CRASH_PUSH_HOST", "127.0.0.1"))
+    push_port: int = field(default_factory=lambda: _env_int("CRASH_PUSH_PORT", 8082))
+    # Bytes queued on one client's socket before the push gateway cuts that (slow) client off.
+    push_client_buffer: int = field(default_factory=lambda: _env_int("CRASH_PUSH_CLIENT_BUFFER", 262144))
+    session_secret: str = field(default_factory=lambda: _env("CRASH_SESSION_SECRET", "dev-session-secret"))
+    session_ttl_s: int = field(default_factory=lambda: _env_int("CRASH_SESSION_TTL_S", 900))
+    # Public base URLs as a browser sees them: the page (push gateway) and the bet API it calls.
+    page_url: str = field(default_factory=lambda: _env("CRASH_PAGE_URL", "http://127.0.0.1:8082"))
+    page_api_url: str = field(default_factory=lambda: _env("CRASH_PAGE_API_URL", "http://127.0.0.1:8080"))
+    # Origins allowed to call the page's actions on the bet API (CORS), comma-separated or "*".
+    page_origins: str = field(default_factory=lambda: _env("CRASH_PAGE_ORIGINS", "*"))
     log_level: str = field(default_factory=lambda: _env("CRASH_LOG_LEVEL", "info"))
     # Audit log (streams/audit.py): sealed segments go to S3 Object Lock (COMPLIANCE). An empty
     # endpoint is AWS itself; the stack runs a local S3-compatible server. Credentials may be
@@ -146,6 +159,13 @@ class Settings:
     audit_seal_after_s: int = field(default_factory=lambda: _env_int("CRASH_AUDIT_SEAL_AFTER_S", 3600))
     # How often `crash-audit export --every` seals and exports.
     audit_export_interval_s: int = field(default_factory=lambda: _env_int("CRASH_AUDIT_EXPORT_INTERVAL_S", 300))
+    # Jackpots: how long REST contribution ids and award idempotency keys are remembered by the
+    # pipeline, how often every pool is reconciled against MySQL, where near-cap notices go.
+    jackpot_idempotency_s: int = field(default_factory=lambda: _env_int("CRASH_JACKPOT_IDEMPOTENCY_S", 86400))
+    jackpot_reconcile_interval_s: int = field(
+        default_factory=lambda: _env_int("CRASH_JACKPOT_RECONCILE_INTERVAL_S", 3600))
+    jackpot_webhook_url: str = field(default_factory=lambda: _env("CRASH_JACKPOT_WEBHOOK_URL", ""))
+    jackpot_webhook_secret: str = field(default_factory=lambda: _env("CRASH_JACKPOT_WEBHOOK_SECRET", ""))
 
     def __post_init__(self) -> None:
         if self.profile not in DEVELOPMENT_PROFILES:

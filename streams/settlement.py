@@ -42,6 +42,7 @@ class BookBet:
     mode: str = ""                  # auto | manual | forced
     cashed_at: int = 0
     command_id: str = ""
+    placed_at: int = 0              # receive time of the bet (ties of the term jackpot's ranking)
 
 
 def exit_of(auto_cashout_x100: int | None, max_win_x100: int) -> tuple[int, str, str]:
@@ -57,7 +58,7 @@ def bet_from_placed(placed) -> BookBet:
     exit_x100, exit_mode, reason = exit_of(placed.auto_cashout_x100, placed.max_win_x100)
     return BookBet(bet_id=placed.bet_id, api_order_no=placed.api_order_no, user_id=placed.user_id,
                    amount=placed.amount, currency=placed.currency, exit_x100=exit_x100, exit_mode=exit_mode,
-                   forced_reason=reason)
+                   forced_reason=reason, placed_at=placed.ts)
 
 
 @dataclass
@@ -205,6 +206,18 @@ class Book:
         # Exits exactly at the end are paid ("auto cashout exactly at the crash point is paid"),
         # a force point only below it.
         return self._run(end_x100)
+
+    def podium(self, places: int = 3) -> dict[str, list[BookBet]]:
+        """Per currency, the cashed-out bets closest to the end (crash point): the highest
+        cashout multiples first, ties to the earlier bet (receive time, then bet id)."""
+        ranked = sorted((b for b in self.bets.values() if b.state == "cashed"),
+                        key=lambda b: (-b.multiple_x100, b.placed_at, b.bet_id))
+        podium: dict[str, list[BookBet]] = {}
+        for bet in ranked:
+            places_of = podium.setdefault(bet.currency, [])
+            if len(places_of) < places:
+                places_of.append(bet)
+        return podium
 
     def totals(self) -> dict[str, dict[str, int]]:
         totals: dict[str, dict[str, int]] = {}

@@ -125,6 +125,7 @@ class BookEntry(State):
     cashed_at: int = 0
     forced_reason: str = ""
     command_id: str = ""
+    placed_at: int = 0           # the bet's receive time (the term jackpot's tie-break)
 
 
 class TermBook(State):
@@ -159,7 +160,53 @@ class RefundEntry(State):
 
 refunds = app.Table("refunds", value_type=RefundEntry, help="refund ledger, by refund order_no")
 
+
+# ---------------------------------------------------------------- Jackpot Service (keyed by jackpot_id)
+
+class JackpotPool(State):
+    """One jackpot: its definition, its money (micro units) and its cycle. The committed hit
+    value of a must_hit_by cycle is NOT here (tables.jackpot_secrets): only its commitment."""
+    jackpot_id: str
+    definition: Dict[str, Any]   # the running cycle's definition
+    status: str                  # active | paused | audit
+    version: int                 # grows with every definition or status change
+    cycle: int
+    value_micro: int
+    reserve_micro: int = 0       # contributions above the cap, for the next cycle
+    commitment: str = ""
+    pending: Optional[Dict[str, Any]] = None   # the definition from the next reset on
+    near_cap_sent: bool = False
+    # game.command partition -> next offset: bet contributions arrive in offset order.
+    watermarks: Optional[Dict[str, int]] = None
+    contributions: int = 0
+    awards: int = 0
+    compensated: Optional[List[str]] = None    # award ids whose rollback was applied
+    last_hit: Optional[Dict[str, Any]] = None  # for the view: {award_id, amount, cycle, at, winners}
+    updated_at: int = 0
+
+
+jackpot_pools = app.Table("jackpot_pools", value_type=JackpotPool, help="the pools, one writer per jackpot_id")
+# "<jackpot_id>/<kind>:<key>" -> {"ts", "reply"}: REST contribution ids and award idempotency
+# keys seen within CRASH_JACKPOT_IDEMPOTENCY_S (older repeats are refused by MySQL's unique keys).
+jackpot_keys = app.Table("jackpot_keys", help="idempotency keys of REST contributions and awards")
+
+
+# ---------------------------------------------------------------- term jackpots (keyed by term_id)
+
+class TermJackpot(State):
+    """A term's podium (once settled) and the term-jackpot hits waiting for it."""
+    term_id: str
+    channel_id: str
+    podium: Optional[Dict[str, List[Dict[str, Any]]]] = None   # None until the term is settled
+    hits: Optional[List[Dict[str, Any]]] = None                # TermJackpotHit fields, not yet awarded
+    awarded: Optional[List[str]] = None                        # award ids already shared out
+
+
+term_jackpots = app.Table("term_jackpots", value_type=TermJackpot, help="podiums and pending hits per term")
+
 __all__: List[str] = [
     "State", "ChannelState", "TermState", "Order", "BookEntry", "TermBook", "RefundEntry",
+    "JackpotPool", "TermJackpot",
     "channels", "terms", "orders", "user_bets", "book", "term_books", "refunds",
+    "jackpot_pools", "jackpot_keys", "term_jackpots",
 ]

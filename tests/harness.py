@@ -263,10 +263,10 @@ class Pipeline:
     # ---------------------------------------------------------- HTTP
 
     async def signed(self, base_url: str, key_id: str, method: str, path: str,
-                     body: Any = None) -> tuple[int, Any]:
+                     body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
         assert self.http is not None
         raw = json.dumps(body).encode() if body is not None else b""
-        headers = sign_headers(key_id, self.base.api_keys[key_id][0], method, path, raw)
+        headers = {**sign_headers(key_id, self.base.api_keys[key_id][0], method, path, raw), **(headers or {})}
         headers["Content-Type"] = "application/json"
         async with self.http.request(method, base_url + path, data=raw, headers=headers,
                                      timeout=aiohttp.ClientTimeout(total=30)) as resp:
@@ -533,3 +533,26 @@ async def taking_bets(pipeline: Pipeline, channel_id: str, window_left_ms: int =
         ok = term and term["state"] == "pre_start" and term["bets_close_at"] - now_ms() >= window_left_ms
         return term if ok else None
     return await wait_for(found, timeout, f"a term of {channel_id} taking bets", every=0.03)
+
+
+# ---------------------------------------------------------------- jackpots
+
+async def create_jackpot(pipe: Pipeline, **definition: Any) -> dict[str, Any]:
+    """Create a jackpot through the operator view; returns its first view (from Redis)."""
+    status, body = await pipe.ops("POST", "/ops/jackpots", {"definition": definition})
+    assert status == 202, (status, body)
+    return await wait_for(lambda: jackpot_view(pipe, definition["jackpot_id"]), 60,
+                          f"jackpot {definition['jackpot_id']} to be live")
+
+
+async def jackpot_view(pipe: Pipeline, jackpot_id: str) -> dict[str, Any] | None:
+    """GET /jackpot/{id} (signed by the reader key): the pool's view, or None while unknown."""
+    status, body = await pipe.signed(pipe.gateway_url, "reader", "GET", f"/jackpot/{jackpot_id}")
+    return body if status == 200 else None
+
+
+async def contribute(pipe: Pipeline, jackpot_id: str, amount: int, contribution_id: str | None = None,
+                     key_id: str = "operator", **extra: Any) -> tuple[int, Any]:
+    body = {"contributionId": contribution_id or f"c-{uuid.uuid4().hex[:16]}", "gameId": "slots-1",
+            "amount": amount, "currency": "EUR", **extra}
+    return await pipe.signed(pipe.gateway_url, key_id, "POST", f"/jackpot/{jackpot_id}/contribute", body)

@@ -123,6 +123,21 @@ def test_cancelled_bets_count_nowhere_and_rebuilding_gives_the_same_book():
 def test_bet_from_placed_reads_the_event():
     class Placed:
         bet_id, api_order_no, user_id, amount, currency = "b", "o", "u", 100, "EUR"
-        auto_cashout_x100, max_win_x100 = 180, 150
+        auto_cashout_x100, max_win_x100, ts = 180, 150, 1_700
     made = bet_from_placed(Placed)
     assert (made.exit_x100, made.exit_mode, made.forced_reason) == (150, "forced", "max_win")
+    assert made.placed_at == 1_700
+
+
+def test_the_podium_is_the_best_cashouts_per_currency_ties_to_the_earlier_bet():
+    bets = [bet("late-tie", 100, 200), bet("early-tie", 100, 200), bet("best", 100, 250), bet("low", 100, 110),
+            bet("lost", 100, 400), bet("usd", 100, 120, currency="USD")]
+    for placed_at, one in enumerate(bets):
+        one.placed_at = 1_000 - placed_at            # the later in the list, the earlier received
+    bets[0].placed_at, bets[1].placed_at = 20, 10
+    b = book(*bets, caps={"EUR": 10**12, "USD": 10**12})
+    b.settle(end_x100=300, aborted=False)
+    podium = b.podium()
+    assert [x.bet_id for x in podium["EUR"]] == ["best", "early-tie", "late-tie"]
+    assert [x.bet_id for x in podium["USD"]] == ["usd"]
+    assert Book("empty").podium() == {}

@@ -31,7 +31,7 @@ from web.http import BadRequest, int_field, problem, read_signed_json, str_field
 if TYPE_CHECKING:
     from web.gateway import Gateway
 
-__all__ = ["add_routes", "view_key", "RULES"]
+__all__ = ["add_routes", "RULES"]
 
 MAX_BODY = 4 * 1024
 WRITE_ROLES = ("game", "admin")
@@ -70,11 +70,6 @@ RULES = {
 }
 
 
-def view_key(jackpot_id: str) -> str:
-    """The Redis key of a jackpot's view (written by the Jackpot Service after each batch)."""
-    return f"jackpot:{jackpot_id}"
-
-
 def add_routes(app: web.Application, gateway: Gateway) -> None:
     api = JackpotApi(gateway)
     app.router.add_get("/jackpot/rules", api.rules)
@@ -96,7 +91,7 @@ class JackpotApi:
         self.gateway = gateway
 
     async def _view(self, jackpot_id: str) -> dict[str, Any]:
-        raw = await self.gateway.redis.get(view_key(jackpot_id))
+        raw = await self.gateway.redis.get(jackpots.view_key(jackpot_id))
         if raw is None:
             raise BadRequest(404, "unknown_jackpot", f"no jackpot {jackpot_id}")
         return json.loads(raw)

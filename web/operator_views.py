@@ -19,10 +19,10 @@ from sqlalchemy import text
 from ulid import ULID
 
 from sql.db import make_engine
-from streams import ids
+from streams import ids, jackpots
 from streams.app import app, settings
 from streams.cache import redis_client
-from streams.channels import ConfigError, validate
+from streams.channels import DEFAULTS, MAX_JACKPOTS, ConfigError, validate
 from streams.codec import encode
 from streams.events import AbortTerm, ConfigureChannel, StartTerm
 from streams.topics import command_topic
@@ -32,6 +32,7 @@ from web.signing import RedisNonceStore, SignatureError, Verifier
 
 _engine = None
 _verifier: Verifier | None = None
+_redis = None
 
 
 def db():
@@ -41,10 +42,17 @@ def db():
     return _engine
 
 
+def redis():
+    global _redis
+    if _redis is None:
+        _redis = redis_client(settings.redis_url)
+    return _redis
+
+
 def verifier() -> Verifier:
     global _verifier
     if _verifier is None:
-        _verifier = Verifier(settings.api_keys, RedisNonceStore(redis_client(settings.redis_url)))
+        _verifier = Verifier(settings.api_keys, RedisNonceStore(redis()))
     return _verifier
 
 
@@ -94,6 +102,14 @@ def _decode_json_columns(row: dict[str, Any], *names: str) -> dict[str, Any]:
     return row
 
 
+async def jackpots_in_scope(channel_id: str, operator_group: str) -> list[str]:
+    """The jackpots a channel of this group feeds when it is created."""
+    rows = await fetch_all("SELECT jackpot_id, definition FROM jackpot WHERE status <> 'paused' ORDER BY jackpot_id")
+    fed = [r["jackpot_id"] for r in rows
+           if jackpots.feeds(_decode_json_columns(r, "definition")["definition"], channel_id, operator_group)]
+    return fed[:MAX_JACKPOTS]
+
+
 async def channel_row(channel_id: str) -> dict[str, Any] | None:
     rows = await fetch_all("SELECT * FROM channel WHERE channel_id = :c", c=channel_id)
     return _decode_json_columns(rows[0], "config") if rows else None
@@ -114,8 +130,13 @@ class Channels(web.View):
         channel_id = body.get("channel_id")
         if not ids.is_name(channel_id):
             return problem(400, "bad_request", f"channel_id must match {ids.NAME.pattern}")
+        changes = body.get("config") or {}
+        if isinstance(changes, dict) and "jackpots" not in changes:
+            # A new channel feeds the active jackpots of its scope (its group's shared pools, mega).
+            group = changes.get("operator_group", DEFAULTS["operator_group"])
+            changes = {**changes, "jackpots": await jackpots_in_scope(channel_id, group)}
         try:
-            config = validate(body.get("config") or {})
+            config = validate(changes)
         except ConfigError as exc:
             return problem(400, "bad_config", str(exc))
         # The secret store is written before the command is sent, so it knows a channel whose
