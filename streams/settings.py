@@ -135,7 +135,7 @@ class Settings:
     push_port: int = field(default_factory=lambda: _env_int("CRASH_PUSH_PORT", 8082))
     # Bytes queued on one client's socket before the push gateway cuts that (slow) client off.
     push_client_buffer: int = field(default_factory=lambda: _env_int("CRASH_PUSH_CLIENT_BUFFER", 262144))
-    session_secret: str = field(default_factory=lambda: _env("CRASH_SESSION_SECRET", "dev-session-secret"))
+    session_secret: str = _secret("CRASH_SESSION_SECRET", "dev-session-secret")
     session_ttl_s: int = field(default_factory=lambda: _env_int("CRASH_SESSION_TTL_S", 900))
     # Public base URLs as a browser sees them: the page (push gateway) and the bet API it calls.
     page_url: str = field(default_factory=lambda: _env("CRASH_PAGE_URL", "http://127.0.0.1:8082"))

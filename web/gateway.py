@@ -27,7 +27,7 @@ from streams.cache import redis_client
 from streams.events import CancelBet, CashoutBet, Command, CommandReply, PlaceBet
 from streams.settings import Settings, get_settings
 from streams.topics import COMMAND
-from web import jackpot_api
+from web import jackpot_api, player_api
 from web.debit_saga import DebitSaga
 from web.http import BadRequest, int_field, problem, read_signed_json, stamp_and_guard, str_field
 from web.pipeline_client import PipelineClient
@@ -297,6 +297,7 @@ def make_app(settings: Settings | None = None) -> web.Application:
     app.router.add_get("/v1/health", health)
     app.router.add_get("/metrics", metrics)
     jackpot_api.add_routes(app, gateway)
+    player_api.add_routes(app, gateway)     # player sessions and the page's actions
     return app
 
 

@@ -1,0 +1,675 @@
+"""`crash-push`: the Push Gateway (DESIGN section 15, seed 4.7) and the player's page.
+
+One process (any number of them side by side; they share nothing but Redis):
+
+- follows game.term, game.bet, game.jackpot and game.payout (every partition, no consumer
+  group: each process serves every channel) and keeps one TermView per channel
+  (web/push_view.py), written to Redis (`<prefix>push:view:<channel>`) with the Kafka position
+  it reflects;
+- serves WebSocket rooms: `/ws/channel/{id}` (the channel's term, bets, history and the
+  jackpots it feeds) and `/ws/jackpot/{id}` (one ticker). A client sends `{"t": "hello",
+  "token"?}` first (the token in a frame, not in the URL, so it is in no access log), gets a
+  snapshot, then deltas coalesced to at most one frame per room every 100 ms;
+- a frame is encoded once per room and the same bytes are written to every client's socket;
+  a client whose socket buffer passes CRASH_PUSH_CLIENT_BUFFER (it does not read fast enough) is cut
+  off: it never holds more memory than that, and its page reconnects and gets a new snapshot;
+- sends each player's page a `wallet` hint when a payout to them succeeded (game.payout), so
+  the page reloads the balance from the wallet;
+- serves the page (`/play/`), the verifier (`/verify/`), their files, and public JSON: the
+  proof of a term (`/v1/proofs/{term_id}`) and a channel's view (`/v1/views/{channel_id}`).
+
+Restart: the views come back from Redis and Kafka is replayed from the positions stored with
+them (the reducers are idempotent); with nothing in Redis (the first start), configs and
+recent terms come from MySQL and Kafka is replayed from LOOKBACK_MS ago, which covers any
+live term. Clients reconnect by themselves (the page retries with backoff).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import resource
+import socket
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from sqlalchemy import text
+
+from sql.db import make_engine
+from streams import ids
+from streams.cache import REDIS_ERRORS, redis_client
+from streams.codec import DecodeError, decode
+from streams.events import PayoutSucceeded
+from streams.settings import Settings, get_settings
+from streams.topics import BET, JACKPOT, PAYOUT, TERM
+from web import sessions
+from web.push_view import ChannelView, JackpotView
+
+log = logging.getLogger("crash.push")
+
+STATIC = Path(__file__).resolve().parent / "static"
+FRAME_GAP_S = 0.1                # at most one frame per room every 100 ms
+FLUSH_CHECK_S = 0.01             # ...sent as soon as that allows: an event waits <= 100 ms, not always
+PING_S = 1.0                     # a frame at least every second, so that a page sees the link alive
+SAVE_S = 1.0                     # views written to Redis at most this often
+HELLO_TIMEOUT_S = 5.0
+MAX_CLIENTS = 20_000
+LOOKBACK_MS = 15 * 60 * 1000     # first start: replay this much of Kafka (longer than any term)
+VIEW_TTL_S = 7 * 24 * 3600
+WS_CLOSE_SESSION = 4401
+WS_CLOSE_NOT_FOUND = 4404
+TERM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
+
+CLIENTS = Gauge("push_clients", "WebSocket clients connected")
+FRAMES = Counter("push_frames_total", "Frames written to clients", ["kind"])
+CUT = Counter("push_clients_cut_total", "Clients cut off because they did not read fast enough")
+EVENTS = Counter("push_events_total", "Kafka events applied", ["topic"])
+LATENCY = Histogram("push_latency_seconds", "From an event's Kafka timestamp to its frame on the sockets",
+                    buckets=(.005, .01, .025, .05, .075, .1, .15, .25, .5, 1, 2.5))
+
+KEY_PUSH: web.AppKey[Push] = web.AppKey("push")
+
+__all__ = ["make_app", "main", "Push", "ws_text_frame"]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def ws_text_frame(payload: bytes) -> bytes:
+    """One unmasked, uncompressed WebSocket text frame (RFC 6455 5.2), built once per room."""
+    n = len(payload)
+    if n < 126:
+        header = bytes((0x81, n))
+    elif n < 1 << 16:
+        header = bytes((0x81, 126)) + n.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + n.to_bytes(8, "big")
+    return header + payload
+
+
+def dumps(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class Client:
+    __slots__ = ("ws", "transport", "user_id", "rooms", "alive")
+
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport, user_id: str | None) -> None:
+        self.ws, self.transport, self.user_id = ws, transport, user_id
+        self.rooms: list[Room] = []
+        self.alive = True
+
+
+class Room:
+    """The clients of one channel or one jackpot, and the ops waiting for the next frame."""
+    __slots__ = ("key", "clients", "pending", "oldest_ms", "last_frame")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.clients: set[Client] = set()
+        self.pending: dict[Any, dict[str, Any]] = {}
+        self.oldest_ms: int | None = None        # Kafka time of the oldest event in `pending`
+        self.last_frame = 0.0
+
+    def add(self, key: Any, op: dict[str, Any], kafka_ms: int) -> None:
+        self.pending[key] = op    # coalesced: the latest wins, in the place of the first
+        if self.oldest_ms is None or kafka_ms < self.oldest_ms:
+            self.oldest_ms = kafka_ms
+
+
+class Push:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.secret = settings.session_secret
+        self.max_buffer = settings.push_client_buffer
+        self.prefix = f"{settings.topic_prefix}push:"
+        self.redis = redis_client(settings.redis_url)
+        self.db = make_engine(settings.db_url, pool_size=2)
+        self.views: dict[str, ChannelView] = {}
+        self.jackpots: dict[str, JackpotView] = {}
+        self.view_partition: dict[str, int] = {}
+        self.positions: dict[tuple[str, int], int] = {}     # (logical topic, partition) -> next offset
+        self.saved: dict[str, tuple[int, ...]] = {}          # channel -> positions at its last save
+        self.dirty: set[str] = set()
+        self.rooms: dict[str, Room] = {}
+        self.by_user: dict[str, set[Client]] = defaultdict(set)
+        self.clients = 0
+        self.ready = asyncio.Event()
+        self.consumer: AIOKafkaConsumer | None = None
+        self.topics = {settings.topic(t): t for t in (TERM, BET, PAYOUT, JACKPOT)}
+        self.tasks: list[asyncio.Task] = []
+
+    def tag(self, user_id: str) -> str:
+        return sessions.tag(self.secret, user_id)
+
+    # ------------------------------------------------------------ start and stop
+
+    async def start(self) -> None:
+        await self._load_views()
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, group_id=None,
+                                         enable_auto_commit=False, auto_offset_reset="earliest",
+                                         fetch_max_wait_ms=20, max_partition_fetch_bytes=4 * 1024 * 1024)
+        await self.consumer.start()
+        partitions = []
+        for physical in self.topics:
+            partitions += [TopicPartition(physical, p) for p in sorted(await self._partitions(physical))]
+        self.consumer.assign(partitions)
+        ends = await self.consumer.end_offsets(partitions)
+        await self._seek(partitions)
+        self.tasks = [asyncio.create_task(self._follow(ends)), asyncio.create_task(self._flush_forever()),
+                      asyncio.create_task(self._save_forever())]
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self._save()
+        if self.consumer is not None:
+            await self.consumer.stop()
+        await self.redis.aclose()
+        await self.db.dispose()
+
+    async def _partitions(self, topic: str) -> set[int]:
+        assert self.consumer is not None
+        for _ in range(100):
+            found = self.consumer.partitions_for_topic(topic)
+            if found:
+                return found
+            await self.consumer._client.force_metadata_update()
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"topic {topic} has no partitions (run crash-admin topics)")
+
+    async def _load_views(self) -> None:
+        """Views from Redis; on a first start (Redis empty) configs and history from MySQL."""
+        names = await self.redis.smembers(self.prefix + "channels")
+        for name in sorted(n.decode() for n in names):
+            raw = await self.redis.get(self.prefix + "view:" + name)
+            if raw is None:
+                continue
+            data = json.loads(raw)
+            self.views[name] = ChannelView.from_dict(data, self.tag)
+            if data.get("partition") is not None:
+                self.view_partition[name] = data["partition"]
+                for topic, offset in (data.get("pos") or {}).items():
+                    key = (topic, data["partition"])
+                    self.positions[key] = min(self.positions.get(key, offset), offset)
+        raw = await self.redis.get(self.prefix + "jackpot-pos")
+        for partition, offset in (json.loads(raw) if raw else {}).items():
+            self.positions[(JACKPOT, int(partition))] = offset
+        if self.views:
+            log.info("%d channel views from Redis", len(self.views))
+        else:
+            await self._bootstrap_from_mysql()
+
+    async def _bootstrap_from_mysql(self) -> None:
+        try:
+            async with self.db.connect() as conn:
+                for row in await conn.execute(text("SELECT channel_id, config, config_version FROM channel")):
+                    view = self.view(row.channel_id)
+                    view.config, view.config_version = json.loads(row.config), row.config_version
+                for row in await conn.execute(text(
+                        "SELECT channel_id, chain_no, length, terminator, salt FROM fairness_chain")):
+                    self.view(row.channel_id).chains[str(row.chain_no)] = {
+                        "terminator": row.terminator, "salt": row.salt, "length": row.length}
+                for channel_id, view in self.views.items():
+                    rows = (await conn.execute(text(
+                        "SELECT * FROM crash_term WHERE channel_id = :c AND revealed_hash IS NOT NULL"
+                        " ORDER BY seq DESC LIMIT 50"), {"c": channel_id})).all()
+                    for row in rows:
+                        proof = _proof_of_row(row._mapping, view.chains)
+                        view.history.append({"term_id": row.term_id, "seq": row.seq, "crash_x100": row.crash_x100,
+                                             "at": row.crash_at or row.ended_at, "aborted": bool(row.aborted)})
+                        view.proofs[row.term_id] = proof
+        except Exception as error:   # the database is optional for the live view: Kafka has it
+            log.warning("no bootstrap from MySQL (%s); views come from Kafka only", error)
+        log.info("first start: %d channels from MySQL, Kafka replayed from %d s ago", len(self.views),
+                 LOOKBACK_MS // 1000)
+
+    async def _seek(self, partitions: list[TopicPartition]) -> None:
+        assert self.consumer is not None
+        unknown = [tp for tp in partitions if (self.topics[tp.topic], tp.partition) not in self.positions]
+        by_time = await self.consumer.offsets_for_times({tp: now_ms() - LOOKBACK_MS for tp in unknown}) \
+            if unknown else {}
+        ends = await self.consumer.end_offsets(partitions)
+        for tp in partitions:
+            stored = self.positions.get((self.topics[tp.topic], tp.partition))
+            if stored is None:
+                found = by_time.get(tp)
+                stored = found.offset if found is not None else ends[tp]
+            self.consumer.seek(tp, stored)
+            self.positions[(self.topics[tp.topic], tp.partition)] = stored
+
+    # ------------------------------------------------------------ Kafka
+
+    def view(self, channel_id: str) -> ChannelView:
+        view = self.views.get(channel_id)
+        if view is None:
+            view = self.views[channel_id] = ChannelView(channel_id, self.tag)
+        return view
+
+    def jackpot(self, jackpot_id: str) -> JackpotView:
+        jackpot = self.jackpots.get(jackpot_id)
+        if jackpot is None:
+            jackpot = self.jackpots[jackpot_id] = JackpotView(jackpot_id, self.tag)
+        return jackpot
+
+    async def _follow(self, ends: dict[TopicPartition, int]) -> None:
+        assert self.consumer is not None
+        behind = {tp for tp, end in ends.items() if end > self.positions[(self.topics[tp.topic], tp.partition)]}
+        if not behind:
+            self.ready.set()
+        while True:
+            try:
+                batches = await self.consumer.getmany(timeout_ms=100, max_records=5000)
+            except Exception as error:   # the broker restarting: aiokafka reconnects; keep going
+                log.warning("kafka: %s", error)
+                await asyncio.sleep(0.5)
+                continue
+            for tp, messages in batches.items():
+                topic = self.topics[tp.topic]
+                for message in messages:
+                    self._apply(topic, message)
+                    self.positions[(topic, tp.partition)] = message.offset + 1
+                EVENTS.labels(topic=topic).inc(len(messages))
+                if tp in behind and self.positions[(topic, tp.partition)] >= ends[tp]:
+                    behind.discard(tp)
+            if behind:
+                continue
+            if not self.ready.is_set():
+                await self._load_jackpots()
+                log.info("caught up with Kafka: %d channels, %d jackpots", len(self.views), len(self.jackpots))
+                self.ready.set()
+            await asyncio.sleep(0)
+
+    def _apply(self, topic: str, message: Any) -> None:
+        try:
+            event = decode(message.value)
+        except DecodeError:
+            return
+        if topic == PAYOUT:
+            if isinstance(event, PayoutSucceeded):
+                self._to_user(event.user_id, {"t": "wallet", "kind": event.kind, "amount": event.amount,
+                                              "currency": event.currency})
+            return
+        if topic == JACKPOT:
+            jackpot_id = getattr(event, "jackpot_id", None)
+            if not isinstance(jackpot_id, str):
+                return
+            ops = self.jackpot(jackpot_id).apply(event)
+            if ops:
+                self._jackpot_ops(jackpot_id, ops, message.timestamp)
+            return
+        view = self.view(event.channel_id)
+        self.view_partition[event.channel_id] = message.partition
+        ops = view.apply(event)
+        if not ops:
+            return
+        self.dirty.add(event.channel_id)
+        room = self.rooms.get("ch:" + event.channel_id)
+        if room is not None:
+            for key, op in ops:
+                room.add(key, op, message.timestamp)
+        if ops[0][0] == "config":
+            for jackpot_id in view.jackpot_ids:
+                if jackpot_id not in self.jackpots and self.ready.is_set():
+                    asyncio.create_task(self._load_jackpot(jackpot_id))
+
+    def _jackpot_ops(self, jackpot_id: str, ops: list[tuple[Any, dict[str, Any]]], kafka_ms: int) -> None:
+        rooms = [self.rooms.get("jp:" + jackpot_id)]
+        rooms += [self.rooms.get("ch:" + cid) for cid, view in self.views.items() if jackpot_id in view.jackpot_ids]
+        for room in rooms:
+            if room is not None:
+                for key, op in ops:
+                    room.add(key, op, kafka_ms)
+
+    async def _load_jackpots(self) -> None:
+        wanted = {j for view in self.views.values() for j in view.jackpot_ids} | set(self.jackpots)
+        await asyncio.gather(*(self._load_jackpot(j) for j in sorted(wanted)))
+
+    async def _load_jackpot(self, jackpot_id: str) -> None:
+        """The Jackpot Service's Redis view of a pool (its snapshot); events keep it current."""
+        try:
+            raw = await self.redis.get(f"jackpot:{jackpot_id}")
+        except REDIS_ERRORS as error:
+            log.warning("jackpot %s view: %s", jackpot_id, error)
+            return
+        jackpot = self.jackpot(jackpot_id)
+        if raw is not None:
+            jackpot.load(json.loads(raw))
+            self._jackpot_ops(jackpot_id, [(("jp", jackpot_id), {"k": "jackpot", "jackpot": jackpot.public()})],
+                              now_ms())
+
+    # ------------------------------------------------------------ frames
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_CHECK_S)
+            try:
+                self.flush()
+            except Exception:   # one bad frame must not stop every room
+                log.exception("flush")
+
+    def flush(self) -> None:
+        now = time.monotonic()
+        for room in list(self.rooms.values()):
+            if not room.clients:
+                room.pending.clear()
+                room.oldest_ms = None
+                continue
+            if now - room.last_frame < FRAME_GAP_S:
+                continue
+            if room.pending:
+                frame = {"t": "delta", "ts": now_ms(), "src": room.oldest_ms, "ops": list(room.pending.values())}
+                room.pending.clear()
+                src, room.oldest_ms = frame["src"], None
+                self._broadcast(room, ws_text_frame(dumps(frame)), "delta")
+                if src:
+                    LATENCY.observe(max(0.0, (now_ms() - src) / 1000))
+            elif now - room.last_frame >= PING_S:
+                self._broadcast(room, ws_text_frame(dumps({"t": "ping", "ts": now_ms()})), "ping")
+            else:
+                continue
+            room.last_frame = now
+
+    def _broadcast(self, room: Room, frame: bytes, kind: str) -> None:
+        sent = 0
+        for client in list(room.clients):
+            if self._write(client, frame):
+                sent += 1
+        FRAMES.labels(kind=kind).inc(sent)
+
+    def _write(self, client: Client, frame: bytes) -> bool:
+        transport = client.transport
+        if not client.alive or transport.is_closing():
+            self._drop(client)
+            return False
+        if transport.get_write_buffer_size() > self.max_buffer:
+            CUT.inc()
+            log.info("cutting off a client that does not read (%d bytes queued)", transport.get_write_buffer_size())
+            transport.abort()
+            self._drop(client)
+            return False
+        transport.write(frame)
+        return True
+
+    def _to_user(self, user_id: str, message: dict[str, Any]) -> None:
+        clients = self.by_user.get(user_id)
+        if clients:
+            frame = ws_text_frame(dumps({**message, "ts": now_ms()}))
+            for client in list(clients):
+                self._write(client, frame)
+            FRAMES.labels(kind=message["t"]).inc(len(clients))
+
+    def _join(self, client: Client, key: str) -> None:
+        room = self.rooms.get(key)
+        if room is None:
+            room = self.rooms[key] = Room(key)
+        room.clients.add(client)
+        client.rooms.append(room)
+
+    def _drop(self, client: Client) -> None:
+        if not client.alive:
+            return
+        client.alive = False
+        for room in client.rooms:
+            room.clients.discard(client)
+        if client.user_id is not None:
+            users = self.by_user.get(client.user_id)
+            if users is not None:
+                users.discard(client)
+                if not users:
+                    del self.by_user[client.user_id]
+        self.clients -= 1
+        CLIENTS.set(self.clients)
+
+    # ------------------------------------------------------------ Redis
+
+    async def _save_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SAVE_S)
+            try:
+                await self._save()
+            except REDIS_ERRORS as error:   # the next round writes them; the live view is in memory
+                log.warning("saving views: %s", error)
+
+    def _channel_positions(self, channel_id: str) -> dict[str, int] | None:
+        partition = self.view_partition.get(channel_id)
+        if partition is None:
+            return None
+        return {t: self.positions[(t, partition)] for t in (TERM, BET, PAYOUT) if (t, partition) in self.positions}
+
+    async def _save(self) -> None:
+        """Each view with the Kafka positions it reflects, once they moved (restart point)."""
+        pipe = self.redis.pipeline(transaction=False)
+        count = 0
+        for channel_id, view in self.views.items():
+            pos = self._channel_positions(channel_id)
+            mark = tuple(sorted(pos.values())) if pos else ()
+            if channel_id not in self.dirty and self.saved.get(channel_id) == mark:
+                continue
+            data = view.to_dict()
+            data.update(pos=pos, partition=self.view_partition.get(channel_id), saved_at=now_ms())
+            pipe.set(self.prefix + "view:" + channel_id, dumps(data), ex=VIEW_TTL_S)
+            pipe.sadd(self.prefix + "channels", channel_id)
+            self.saved[channel_id] = mark
+            count += 1
+        self.dirty.clear()
+        jackpot_pos = {str(p): o for (t, p), o in self.positions.items() if t == JACKPOT}
+        if jackpot_pos:
+            pipe.set(self.prefix + "jackpot-pos", dumps(jackpot_pos), ex=VIEW_TTL_S)
+            count += 1
+        if count:
+            await pipe.execute()
+
+    # ------------------------------------------------------------ HTTP and WebSocket
+
+    async def ws_channel(self, request: web.Request) -> web.StreamResponse:
+        channel_id = request.match_info["channel_id"]
+        if not ids.is_name(channel_id):
+            return _problem(400, "bad_request", f"channel id must match {ids.NAME.pattern}")
+        return await self._serve(request, "ch:" + channel_id, channel_id=channel_id)
+
+    async def ws_jackpot(self, request: web.Request) -> web.StreamResponse:
+        jackpot_id = request.match_info["jackpot_id"]
+        if not ids.is_name(jackpot_id):
+            return _problem(400, "bad_request", f"jackpot id must match {ids.NAME.pattern}")
+        return await self._serve(request, "jp:" + jackpot_id, jackpot_id=jackpot_id)
+
+    async def _serve(self, request: web.Request, room_key: str, channel_id: str | None = None,
+                     jackpot_id: str | None = None) -> web.StreamResponse:
+        ws = web.WebSocketResponse(compress=False, max_msg_size=8 * 1024, heartbeat=30)
+        if not ws.can_prepare(request).ok:
+            return _problem(400, "websocket_expected", "this is a WebSocket endpoint")
+        if self.clients >= MAX_CLIENTS:
+            return _problem(503, "too_many_clients", "this push gateway is full; try another")
+        await ws.prepare(request)
+        transport = request.transport
+        if transport is None:
+            return ws
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # The kernel's send buffer is per client memory too: fixed, not auto-tuned up to MBs.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, max(4096, self.max_buffer))
+        session: sessions.Session | None = None
+        try:
+            first = await asyncio.wait_for(ws.receive(), HELLO_TIMEOUT_S)
+            hello = json.loads(first.data) if first.type == WSMsgType.TEXT else None
+            if not isinstance(hello, dict) or hello.get("t") != "hello":
+                await _close(ws, 4400, "bad_request", 'the first message must be {"t": "hello", "token"?: ...}')
+                return ws
+            if hello.get("token"):
+                session = sessions.verify(self.secret, str(hello["token"]))
+            await asyncio.wait_for(self.ready.wait(), 30)
+        except (TimeoutError, ValueError):
+            await _close(ws, 4400, "bad_request", "no hello in time")
+            return ws
+        except sessions.SessionError as error:
+            await _close(ws, WS_CLOSE_SESSION, error.error, error.reason)
+            return ws
+        if channel_id is not None and channel_id not in self.views:
+            await _close(ws, WS_CLOSE_NOT_FOUND, "unknown_channel", f"no channel {channel_id}")
+            return ws
+        if jackpot_id is not None and jackpot_id not in self.jackpots:
+            await self._load_jackpot(jackpot_id)
+            if not self.jackpot(jackpot_id).known:
+                self.jackpots.pop(jackpot_id, None)
+                await _close(ws, WS_CLOSE_NOT_FOUND, "unknown_jackpot", f"no jackpot {jackpot_id}")
+                return ws
+        # The snapshot and the join in one step (no await between them): every op after the
+        # snapshot reaches this client in a later frame; ops it already holds are idempotent.
+        you = None if session is None else {"user_id": session.user_id, "tag": self.tag(session.user_id),
+                                            "expires_at": session.expires_at}
+        snapshot: dict[str, Any] = {"t": "hello", "ts": now_ms(), "you": you}
+        if channel_id is not None:
+            view = self.views[channel_id]
+            snapshot["channel"] = view.snapshot()
+            snapshot["jackpots"] = {j: self.jackpot(j).public() for j in view.jackpot_ids}
+        else:
+            snapshot["jackpots"] = {jackpot_id: self.jackpot(jackpot_id).public()}
+        client = Client(ws, transport, session.user_id if session else None)
+        self._join(client, room_key)
+        if session is not None:
+            self.by_user[session.user_id].add(client)
+        self.clients += 1
+        CLIENTS.set(self.clients)
+        try:
+            await ws.send_str(dumps(snapshot).decode())
+            FRAMES.labels(kind="hello").inc()
+            async for message in ws:   # nothing is expected from the client: read until it goes
+                if message.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
+                    break
+        except (ConnectionError, RuntimeError):
+            pass
+        finally:
+            self._drop(client)
+        return ws
+
+    async def proof(self, request: web.Request) -> web.Response:
+        """The published fairness data of one ended term (anything to recompute its crash point)."""
+        term_id = request.match_info["term_id"]
+        if not TERM_ID.fullmatch(term_id):
+            return _problem(400, "bad_request", "not a term id")
+        for view in self.views.values():
+            proof = view.proofs.get(term_id)
+            if proof is not None and proof.get("prev_hash") and proof.get("terminator"):
+                return web.json_response(proof, headers=_PUBLIC)
+        try:
+            async with self.db.connect() as conn:
+                row = (await conn.execute(text("SELECT * FROM crash_term WHERE term_id = :t"), {"t": term_id})).first()
+                if row is not None and row.revealed_hash:
+                    chain_rows = await conn.execute(text(
+                        "SELECT chain_no, length, terminator, salt FROM fairness_chain WHERE channel_id = :c"),
+                        {"c": row.channel_id})
+                    chains = {str(c.chain_no): {"terminator": c.terminator, "salt": c.salt, "length": c.length}
+                              for c in chain_rows}
+                    return web.json_response(_proof_of_row(row._mapping, chains), headers=_PUBLIC)
+        except Exception as error:
+            log.warning("proof of %s from MySQL: %s", term_id, error)
+            return _problem(503, "unavailable", "the term history is not reachable right now; try again")
+        if row is not None:
+            return _problem(409, "not_revealed", f"term {term_id} has not crashed yet: its proof is not published")
+        return _problem(404, "not_found", f"no ended term {term_id}")
+
+    async def channel_view(self, request: web.Request) -> web.Response:
+        view = self.views.get(request.match_info["channel_id"])
+        if view is None:
+            return _problem(404, "not_found", "no such channel")
+        return web.json_response({**view.snapshot(), "server_time": now_ms(),
+                                  "jackpots": {j: self.jackpot(j).public() for j in view.jackpot_ids}})
+
+    async def page_config(self, request: web.Request) -> web.Response:
+        return web.json_response({"api_url": self.settings.page_api_url.rstrip("/"),
+                                  "channels": sorted(cid for cid, v in self.views.items() if v.config is not None)})
+
+    async def health(self, request: web.Request) -> web.Response:
+        if not self.ready.is_set():
+            return _problem(503, "starting", "catching up with Kafka")
+        return web.json_response({"status": "ok", "clients": self.clients, "channels": len(self.views)})
+
+
+_PUBLIC = {"Cache-Control": "public, max-age=60"}
+
+
+def _problem(status: int, error: str, reason: str) -> web.Response:
+    return web.json_response({"error": error, "reason": reason}, status=status)
+
+
+async def _close(ws: web.WebSocketResponse, code: int, error: str, reason: str) -> None:
+    """Say why in a frame (a browser does not see an HTTP refusal of a WebSocket), then close."""
+    try:
+        await ws.send_str(json.dumps({"t": "error", "error": error, "reason": reason}))
+        await ws.close(code=code, message=error.encode()[:120])
+    except (ConnectionError, RuntimeError):
+        pass
+
+
+def _proof_of_row(row: Any, chains: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    config = row["config"]
+    config = json.loads(config) if isinstance(config, str) else config
+    chain = chains.get(str(row["chain_no"])) or {}
+    return {"term_id": row["term_id"], "channel_id": row["channel_id"], "seq": row["seq"], "chain_no": row["chain_no"],
+            "chain_index": row["chain_index"], "prev_hash": row["prev_hash"], "revealed_hash": row["revealed_hash"],
+            "salt": chain.get("salt"), "terminator": chain.get("terminator"), "hmac_digest": row["hmac_digest"],
+            "crash_x100": row["crash_x100"], "edge_bps": config.get("edge_bps", 100),
+            "max_multiple_x100": config.get("max_multiple_x100"), "aborted": bool(row["aborted"])}
+
+
+# ---------------------------------------------------------------- the app
+
+def _page(name: str):
+    async def handler(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC / name, headers={"Cache-Control": "no-cache"})
+    return handler
+
+
+async def to_page(request: web.Request) -> web.Response:
+    raise web.HTTPFound("/play/")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def make_app(settings: Settings | None = None) -> web.Application:
+    settings = settings or get_settings()
+    app = web.Application(client_max_size=16 * 1024)
+    push = Push(settings)
+    app[KEY_PUSH] = push
+
+    async def lifecycle(app: web.Application):
+        await push.start()
+        yield
+        await push.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_get("/", to_page)
+    app.router.add_get("/play/", _page("play.html"))
+    app.router.add_get("/verify/", _page("verify.html"))
+    app.router.add_static("/static/", STATIC, append_version=False)
+    app.router.add_get("/play/config.json", push.page_config)
+    app.router.add_get("/ws/channel/{channel_id}", push.ws_channel)
+    app.router.add_get("/ws/jackpot/{jackpot_id}", push.ws_jackpot)
+    app.router.add_get("/v1/proofs/{term_id}", push.proof)
+    app.router.add_get("/v1/views/{channel_id}", push.channel_view)
+    app.router.add_get("/v1/health", push.health)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+def main() -> None:
+    settings = get_settings()
+    # One file descriptor per client: take what the system allows (10,000 clients and more).
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    logging.basicConfig(level=settings.log_level.upper(), format="[%(asctime)s] [%(levelname)s] %(name)s: %(message)s")
+    web.run_app(make_app(settings), host=settings.push_host, port=settings.push_port, access_log=None,
+                reuse_port=True)
+

@@ -1,0 +1,117 @@
+"""Players' session tokens (DESIGN section 11): the page acts for one player, and only for them.
+
+The operator's server, which knows its player, asks the bet API (HMAC-signed, role `game`) for a
+short-lived token for one player; the page carries it on its WebSocket and on its actions. The
+token is self-contained, so that any gateway or push gateway process checks it without a
+look-up:
+
+    token   = base64url(payload JSON) "." base64url(HMAC-SHA256(CRASH_SESSION_SECRET, payload part))
+    payload = {"v": 1, "sub": user_id, "sid": random session id, "iat": ms, "exp": ms}
+
+The user id comes from the token only, never from a request body, so a player cannot act as
+another one; the pipeline refuses commands on a bet that is not theirs (`not_your_bet`).
+`tag()` is a keyed hash of a user id: the push gateway marks each bet of a room with it, and a
+player's page recognises its own bets without any frame carrying user ids.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from dataclasses import dataclass
+
+from streams import ids
+
+__all__ = ["Session", "SessionError", "issue", "verify", "tag", "bearer", "MAX_TTL_S"]
+
+VERSION = 1
+MAX_TTL_S = 24 * 3600
+MAX_TOKEN_CHARS = 1024
+CLOCK_SKEW_MS = 30_000      # a token "issued in the future" by a process whose clock is ahead
+
+
+class SessionError(Exception):
+    """Why a token is refused: `error` is the code (session_expired, bad_session), `reason` the words."""
+
+    def __init__(self, error: str, reason: str) -> None:
+        super().__init__(reason)
+        self.error, self.reason = error, reason
+
+
+@dataclass(frozen=True)
+class Session:
+    user_id: str
+    session_id: str
+    issued_at: int
+    expires_at: int
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _mac(secret: str, payload_part: str) -> bytes:
+    return hmac.new(secret.encode(), b"session." + payload_part.encode(), hashlib.sha256).digest()
+
+
+def issue(secret: str, user_id: str, ttl_s: int, now_ms: int | None = None) -> tuple[str, Session]:
+    """A token for `user_id`, valid for `ttl_s` seconds."""
+    if not ids.is_reference(user_id):
+        raise ValueError(f"user_id must match {ids.REFERENCE.pattern}")
+    if not 1 <= ttl_s <= MAX_TTL_S:
+        raise ValueError(f"ttl_s must be in [1, {MAX_TTL_S}]")
+    now = now_ms if now_ms is not None else int(time.time() * 1000)
+    session = Session(user_id=user_id, session_id=secrets.token_hex(8), issued_at=now, expires_at=now + ttl_s * 1000)
+    payload = {"v": VERSION, "sub": user_id, "sid": session.session_id, "iat": now, "exp": session.expires_at}
+    part = _b64(json.dumps(payload, separators=(",", ":")).encode())
+    return f"{part}.{_b64(_mac(secret, part))}", session
+
+
+def verify(secret: str, token: str | None, now_ms: int | None = None) -> Session:
+    """The session a token proves, or SessionError saying why not."""
+    if not token:
+        raise SessionError("no_session", "this action needs a player session (Authorization: Bearer <token>)")
+    if len(token) > MAX_TOKEN_CHARS or token.count(".") != 1:
+        raise SessionError("bad_session", "the session token is malformed")
+    part, signature = token.split(".")
+    try:
+        given = _unb64(signature)
+    except ValueError:
+        raise SessionError("bad_session", "the session token is malformed") from None
+    # The signature first: nothing of a forged token is read.
+    if not hmac.compare_digest(given, _mac(secret, part)):
+        raise SessionError("bad_session", "the session token's signature is not valid")
+    try:
+        payload = json.loads(_unb64(part))
+        user_id, session_id = payload["sub"], payload["sid"]
+        issued_at, expires_at = payload["iat"], payload["exp"]
+    except (ValueError, KeyError, TypeError):
+        raise SessionError("bad_session", "the session token is malformed") from None
+    if payload.get("v") != VERSION or not ids.is_reference(user_id) or not isinstance(expires_at, int):
+        raise SessionError("bad_session", "the session token is malformed")
+    now = now_ms if now_ms is not None else int(time.time() * 1000)
+    if now >= expires_at:
+        raise SessionError("session_expired", "the session has expired: open the game again from the casino")
+    if not isinstance(issued_at, int) or issued_at > now + CLOCK_SKEW_MS:
+        raise SessionError("bad_session", "the session token was issued in the future")
+    return Session(user_id=user_id, session_id=str(session_id), issued_at=issued_at, expires_at=expires_at)
+
+
+def bearer(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+def tag(secret: str, user_id: str) -> str:
+    """A short keyed hash of a user id: recognisable by its owner, meaningless to anyone else."""
+    return hmac.new(secret.encode(), b"tag." + user_id.encode(), hashlib.sha256).hexdigest()[:12]
