@@ -19,7 +19,7 @@ from sqlalchemy import text
 from ulid import ULID
 
 from sql.db import make_engine
-from streams import ids, jackpots
+from streams import audit, ids, jackpots
 from streams.app import app, settings
 from streams.cache import redis_client
 from streams.channels import DEFAULTS, MAX_JACKPOTS, ConfigError, validate
@@ -143,6 +143,8 @@ class Channels(web.View):
         # creation the sink has not recorded yet.
         if await channel_row(channel_id) is not None or await chain_store().exists(channel_id, 1):
             return problem(409, "exists", f"channel {channel_id} exists; change its config instead")
+        await audit.append(body["_operator"], body["_operator"], "channel.create",
+                           audit.request_summary(request, body), target=channel_id)
         chain = await chain_store().create(channel_id, 1, config["chain_length"])
         public = {"chain_no": 1, "length": chain.length, "terminator": chain.terminator.hex(),
                   "salt": chain.salt.hex()}
@@ -183,6 +185,8 @@ class ChannelConfig(web.View):
             config = validate(changes, row["config"])
         except ConfigError as exc:
             return problem(400, "bad_config", str(exc))
+        await audit.append(body["_operator"], body["_operator"], "channel.config",
+                           audit.request_summary(request, body), target=channel_id)
         command = ConfigureChannel(event_id=str(ULID()), channel_id=channel_id, ts=now_ms(),
                                    config=changes, operator=body["_operator"])
         await send_command(command)
@@ -200,6 +204,9 @@ async def channel_command(view: web.View, request, channel_id: str, make) -> aio
     command = make(body, now_ms())
     if isinstance(command, aioweb.Response):
         return command
+    await audit.append(body["_operator"], body["_operator"], "term.abort" if isinstance(command, AbortTerm)
+                       else "term.start", audit.request_summary(request, body, command_id=command.event_id),
+                       target=channel_id)
     await send_command(command)
     return view.json({"command_id": command.event_id, "received_at": command.ts}, status=202)
 
@@ -290,9 +297,11 @@ class PayoutRetryView(web.View):
     async def post(self, request, order_no: str):
         """Send a failed payout again (the wallet is idempotent on order_no: never paid twice)."""
         from agents.payout_adapter import retry_payout
-        _, error = await admin_body(request)
+        body, error = await admin_body(request)
         if error:
             return error
+        await audit.append(body["_operator"], body["_operator"], "payout.retry", audit.request_summary(request, body),
+                           target=order_no)
         if not await retry_payout(db(), order_no):
             return problem(409, "not_failed", f"payout {order_no} is not in status failed")
         return self.json({"order_no": order_no, "status": "ready"}, status=202)

@@ -47,6 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from sql.db import make_engine
 from streams import ids
+from streams.audit import AuditLog, request_summary
 from streams.cache import REDIS_ERRORS, redis_client
 from streams.settings import Settings, get_settings
 from web import http
@@ -397,6 +398,9 @@ class WalletService:
         self.redis = redis
         self.metrics = Metrics()
         self.ledger = Ledger(engine, on_retry=self.metrics.db_retries.inc)
+        # The wallet's admin writes (fault switches, set-balance) go to its own audit chain, in
+        # its own database: the operator's system, not the game's.
+        self.audit = AuditLog(engine, chain="apisys")
         self.faults = Faults()
         self.metrics.show_switches(self.faults)
         self.random = rng or random.Random()
@@ -551,9 +555,13 @@ class WalletService:
 
     async def set_faults(self, request: web.Request) -> web.Response:
         try:
-            self.faults.update(_json_object(await request.read()))
+            changes = _json_object(await request.read())
+            Faults(**asdict(self.faults)).update(changes)       # validate on a copy first
         except BadRequest as error:
             return self._bad(request, error)
+        caller = request["caller"].key_id
+        await self.audit.append(caller, caller, "wallet.faults", request_summary(request, changes))
+        self.faults.update(changes)
         self.metrics.show_switches(self.faults)
         log.warning("fault switches now %s (by %s)", asdict(self.faults), request["caller"].key_id)
         request["outcome"] = "ok"
@@ -569,6 +577,8 @@ class WalletService:
             return self._bad(request, error)
         op = Operation("adjust", f"adjust:{uuid.uuid4().hex}", user_id, currency, balance, kind="admin",
                        meta={"by": request["caller"].key_id})
+        await self.audit.append(request["caller"].key_id, request["caller"].key_id, "wallet.set_balance",
+                                request_summary(request, data, order_no=op.order_no), target=f"{user_id}/{currency}")
         outcome = await self.ledger.apply(op)
         request["outcome"] = "ok"
         return web.json_response({"user_id": user_id, "currency": currency, "balance": outcome.result["balance"],
