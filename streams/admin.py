@@ -3,6 +3,8 @@
     crash-admin topics              create the game topics and table changelogs (idempotent)
     crash-admin demo-channels       create the demo channels through the operator API
     crash-admin watch               print a live summary until interrupted (the demo's screen)
+    crash-admin demo-game           the demo's second game: a slot machine feeding jackpots over REST
+    crash-admin webhook-receiver    print the jackpots' near-cap notices (the demo's webhook)
 """
 from __future__ import annotations
 
@@ -73,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("demo-channels", help="create the demo channels")
     watch = sub.add_parser("watch", help="print a live summary of the demo")
     watch.add_argument("--every", type=float, default=5.0)
+    game = sub.add_parser("demo-game", help="a slot machine feeding the demo jackpots over REST")
+    game.add_argument("--spins", type=float, default=4.0, help="spins per second")
+    receiver = sub.add_parser("webhook-receiver", help="print near-cap notices")
+    receiver.add_argument("--port", type=int, default=8095)
     args = parser.parse_args(argv)
     settings = get_settings()
     if args.command == "topics":
@@ -82,6 +88,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo-channels":
         from streams.demo import create_demo_channels
         return asyncio.run(create_demo_channels(settings))
+    if args.command in ("demo-game", "webhook-receiver"):
+        from streams import demo_jackpots
+        job = (demo_jackpots.run_demo_game(settings, args.spins) if args.command == "demo-game"
+               else demo_jackpots.run_webhook_receiver(settings, args.port))
+        try:
+            asyncio.run(job)
+        except KeyboardInterrupt:
+            pass
+        return 0
     if args.command == "watch":
         from streams.demo import watch
         try:

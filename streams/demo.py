@@ -49,6 +49,9 @@ async def create_demo_channels(settings: Settings) -> int:
                 else:
                     print(f"channel {channel_id}: {resp.status} {body}")
                     return 1
+        from streams.demo_jackpots import create_demo_jackpots
+        if await create_demo_jackpots(settings, http, ops):
+            return 1
         gateway = f"http://127.0.0.1:{settings.gateway_port}/v1/channels"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:     # the bots read the channels from the gateway
@@ -63,9 +66,12 @@ async def create_demo_channels(settings: Settings) -> int:
 
 async def watch(settings: Settings, every: float) -> None:
     """Every `every` seconds: each channel's newest terms, bets/s, payouts, a few balances."""
+    from streams.cache import redis_client
+    from streams.demo_jackpots import jackpot_line
     from web.wallet_client import WalletClient
 
     db = make_engine(settings.db_url, pool_size=2)
+    redis = redis_client(settings.redis_url, max_connections=2)
     wallet = WalletClient.from_settings(settings)
     last = int(time.time() * 1000)
     try:
@@ -82,6 +88,10 @@ async def watch(settings: Settings, every: float) -> None:
                     " ON m.channel_id = t.channel_id AND t.seq >= m.seq - 2 ORDER BY t.channel_id, t.seq"))).all()
                 payouts = dict((await conn.execute(text(
                     "SELECT status, COUNT(*) FROM payout_outbox GROUP BY status"))).all())
+                try:
+                    jackpots = await jackpot_line(conn, redis)
+                except Exception as error:        # Redis away: the screen goes on
+                    jackpots = f"jackpots: {error}"
             balances = []
             for user in BOT_PLAYERS_SHOWN:
                 try:
@@ -97,7 +107,9 @@ async def watch(settings: Settings, every: float) -> None:
                   "| " + " | ".join(f"{c}: {', '.join(v)}" for c, v in recent.items()),
                   f"| payouts {json.dumps(payouts)}",
                   f"| EUR balances {' '.join(balances)}", flush=True)
+            print("         ", jackpots, flush=True)
             last = now
     finally:
+        await redis.aclose()
         await wallet.close()
         await db.dispose()

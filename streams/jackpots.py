@@ -13,9 +13,9 @@ Cycle. A cycle starts at creation or at a reset with `seed + overflow` (what the
 cycle's hit left). `must_hit_by`: a hit value is drawn uniformly in [seed, cap] with a CSPRNG
 and committed as SHA-256("<value>:<nonce>"); the pool hits when a contribution takes it to or
 above that value (at most one hit per contribution); the award is exactly the hit value and the
-rest of that contribution is the overflow. `external`: the game reports the hit; the award is the pool's whole minor units and
-the sub-unit remainder is the overflow. A pool never shows more than its cap: beyond it,
-contributions wait in a reserve that joins the next cycle.
+rest of that contribution is the overflow. `external`: the game reports the hit; the award is the
+pool's whole minor units and the sub-unit remainder is the overflow. A pool never shows more
+than its cap: beyond it, contributions wait in a reserve that joins the next cycle.
 """
 from __future__ import annotations
 

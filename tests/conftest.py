@@ -24,8 +24,9 @@ def base_settings() -> Settings:
 async def pipeline_factory(base_settings: Settings, tmp_path_factory) -> AsyncIterator:
     made: list[Pipeline] = []
 
-    async def make(name: str, workers: int = 1, gateway: bool = True) -> Pipeline:
+    async def make(name: str, workers: int = 1, gateway: bool = True, env: dict[str, str] | None = None) -> Pipeline:
         pipeline = Pipeline(name, base_settings, tmp_path_factory.mktemp(name))
+        pipeline.env.update(env or {})
         made.append(pipeline)
         _open_pipelines.append(pipeline)
         await pipeline.start(workers=workers, gateway=gateway)

@@ -13,6 +13,7 @@ import subprocess
 import uuid
 
 import pytest
+from aiohttp import web
 from sqlalchemy import text
 
 from harness import (
@@ -20,6 +21,7 @@ from harness import (
     FAST_CONFIG,
     contribute,
     create_jackpot,
+    free_port,
     jackpot_view,
     next_term,
     peek_crash_points,
@@ -34,9 +36,55 @@ pytestmark = pytest.mark.slow
 MICRO = 1_000_000
 
 
+class WebhookReceiver:
+    """The operator's webhook, as the demo's receiver: it verifies each notice's HMAC signature."""
+
+    def __init__(self, secret: str) -> None:
+        from web.signing import MemoryNonceStore, Verifier
+        self.verifier = Verifier({"crash-jackpot": (secret, "webhook")}, MemoryNonceStore())
+        self.notices: list[dict] = []
+        self.refused: list[str] = []
+        self.port = free_port()
+        self.runner: web.AppRunner | None = None
+        self.fail_first = 0
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        from web.signing import SignatureError
+        body = await request.read()
+        try:
+            caller = await self.verifier.verify("POST", request.path_qs, request.headers, body)
+        except SignatureError as error:
+            self.refused.append(str(error))
+            return web.json_response({"error": "unauthorized", "reason": str(error)}, status=401)
+        if self.fail_first > 0:
+            self.fail_first -= 1
+            return web.json_response({"error": "busy"}, status=503)
+        self.notices.append({"key": request.headers["Idempotency-Key"], "key_id": caller.key_id, **json.loads(body)})
+        return web.json_response({"ok": True})
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_post("/notices", self.handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        return f"http://127.0.0.1:{self.port}/notices"
+
+
 @pytest.fixture(scope="module")
-async def pipe(pipeline_factory):
-    pipe = await pipeline_factory("jackpots")
+async def webhook(base_settings):
+    assert base_settings.jackpot_webhook_secret, "./stack sets CRASH_JACKPOT_WEBHOOK_SECRET"
+    receiver = WebhookReceiver(base_settings.jackpot_webhook_secret)
+    receiver.url = await receiver.start()
+    yield receiver
+    assert receiver.runner is not None
+    await receiver.runner.cleanup()
+
+
+@pytest.fixture(scope="module")
+async def pipe(pipeline_factory, webhook):
+    pipe = await pipeline_factory("jackpots", env={"CRASH_JACKPOT_WEBHOOK_URL": webhook.url})
     await pipe.start_wallet()
     pipe.start_payout()
     return pipe
@@ -181,6 +229,11 @@ async def test_must_hit_by_hits_at_the_committed_value_and_the_overflow_carries(
         status, body = await contribute(pipe, jackpot_id, 100, playerId="nobody")
         assert status == 200 and "award" not in body, body
         value += 100
+    # Before the hit, the committed value's nonce is on no topic and in no changelog.
+    for topic in ("game.jackpot", "game.jackpot.command", "game.payout", "game.reply"):
+        assert not any(nonce.encode() in raw for _, raw, *_ in await pipe.read_topic(topic)), topic
+    for table in ("jackpot_pools", "jackpot_keys"):
+        assert not any(nonce.encode() in v for v in await pipe.read_topic_raw(f"crash-{pipe.name}-{table}-changelog"))
     status, body = await contribute(pipe, jackpot_id, 100 + 37, playerId="lucky")
     assert status == 200 and body["award"]["amount"] == hit_value, body
     overflow = value + 137 - hit_value
@@ -350,6 +403,73 @@ async def _value_is(pipe, jackpot_id: str, value: int):
 async def _status_is(pipe, jackpot_id: str, status: str):
     view = await jackpot_view(pipe, jackpot_id)
     return view if view and view["status"] == status else None
+
+
+# ------------------------------------------------------------------ near-cap notices, audit rollback
+
+async def test_near_cap_notice_once_per_cycle_signed_and_retried(pipe, webhook):
+    jackpot_id = jid(pipe, "nearcap")
+    await create_jackpot(pipe, jackpot_id=jackpot_id, tier="mega", currency="EUR", rate_bps=100, seed=1_000,
+                         cap=2_000, trigger="external")
+    webhook.fail_first = 2                                     # the webhook is down at first: retried
+    assert (await contribute(pipe, jackpot_id, 500))[0] == 200    # 75 % of the cap
+    assert (await contribute(pipe, jackpot_id, 100))[0] == 200    # 80 %: the notice
+    assert (await contribute(pipe, jackpot_id, 100))[0] == 200    # still near: no second notice
+
+    async def notices(count: int):
+        mine = [n for n in webhook.notices if n["jackpot_id"] == jackpot_id]
+        return mine if len(mine) >= count else None
+    [notice] = await wait_for(lambda: notices(1), 60, "the near-cap notice")
+    assert (notice["cycle"], notice["value"], notice["cap"], notice["share_bps"]) == (1, 1_600, 2_000, 8_000)
+    assert notice["key"] == notice["notice_id"] and notice["key_id"] == "crash-jackpot"
+    rows = await pipe.rows("SELECT status, retry_count FROM jackpot_notice WHERE notice_id = :n", n=notice["key"])
+    assert rows == [{"status": "delivered", "retry_count": 3}]
+    status, body = await pipe.signed(pipe.gateway_url, "operator", "POST", f"/jackpot/{jackpot_id}/award",
+                                     {"playerId": "nc"}, headers={"Idempotency-Key": "nc-1"})
+    assert status == 200 and body["award"]["amount"] == 1_700
+    assert (await contribute(pipe, jackpot_id, 600))[0] == 200    # cycle 2 at 80 % again
+    second = (await wait_for(lambda: notices(2), 60, "the second cycle's notice"))[1]
+    assert second["cycle"] == 2 and webhook.refused == []     # every notice carried a valid signature
+
+
+async def test_audit_mode_rollback_is_a_compensating_entry_for_an_unpaid_award(pipe):
+    jackpot_id = jid(pipe, "audit")
+    await create_jackpot(pipe, jackpot_id=jackpot_id, tier="mega", currency="EUR", rate_bps=100, seed=1_000,
+                         cap=10**9, trigger="external")
+    assert (await contribute(pipe, jackpot_id, 4_000))[0] == 200
+    # The player's wallet refuses this award's payout (its order number is taken): it fails.
+    award_id, order_no = f"{jackpot_id}.1", f"bonus:{jackpot_id}.1:1"
+    async with pipe.wallet() as wallet:
+        assert (await wallet.credit(order_no, "someone-else", "EUR", 1)).ok
+    status, body = await pipe.signed(pipe.gateway_url, "operator", "POST", f"/jackpot/{jackpot_id}/award",
+                                     {"playerId": "closed-account"}, headers={"Idempotency-Key": "a-1"})
+    assert status == 200 and body["award"] == {"award_id": award_id, "amount": 5_000, "cycle": 1}
+    await wait_for(lambda: pipe.rows("SELECT 1 FROM payout_outbox WHERE order_no = :o AND status = 'failed'",
+                                     o=order_no), 60, "the payout failed")
+    path = f"/jackpot/{jackpot_id}/awards/{award_id}/rollback"
+    status, body = await pipe.signed(pipe.gateway_url, "admin", "POST", path, {"reason": "account closed"})
+    assert status == 409 and body["error"] == "not_in_audit", body
+    status, body = await pipe.ops("POST", f"/ops/jackpots/{jackpot_id}/status", {"status": "audit"})
+    await wait_for(lambda: _status_is(pipe, jackpot_id, "audit"), 30, "audit mode")
+    status, body = await pipe.signed(pipe.gateway_url, "operator", "POST", path, {"reason": "x"})
+    assert status == 403                                          # the game may not roll back
+    status, body = await pipe.signed(pipe.gateway_url, "admin", "POST", path, {"reason": "account closed"})
+    assert status == 202 and body["amount"] == 5_000, body
+    await wait_for(lambda: _value_is(pipe, jackpot_id, 6_000), 30, "the amount back in the pool")
+    status, body = await pipe.signed(pipe.gateway_url, "admin", "POST", path, {"reason": "again"})
+    assert status == 202                                          # repeated: applied once
+    status, body = await pipe.ops("POST", f"/ops/payouts/{order_no}/retry")
+    assert status == 409                                          # cancelled, not failed: never paid
+    rows = await wait_for(lambda: pipe.rows("SELECT state FROM jackpot_compensation WHERE award_id = :a"
+                                            " AND state = 'applied'", a=award_id), 30, "the compensation")
+    assert len(rows) == 1
+    assert (await pipe.rows("SELECT status FROM payout_outbox WHERE order_no = :o", o=order_no)) == [
+        {"status": "cancelled"}]
+    assert len(await pipe.rows("SELECT * FROM jackpot_award WHERE award_id = :a", a=award_id)) == 1
+    await wait_consumed(pipe, ["game.jackpot.command"])
+    assert (await jackpot_view(pipe, jackpot_id))["value"] == 6_000
+    result = await reconcile_cli(pipe, "--jackpot", jackpot_id)
+    assert result.returncode == 0, result.stdout
 
 
 # ------------------------------------------------------------------ bad input and tampering

@@ -19,7 +19,7 @@ once: Redis SET NX with an expiry longer than the window, on a Redis that writes
 its append-only file before answering (see `./stack`), so a restart, kill -9 included, does not
 reopen the window. If the nonce store comes back *without* its data (a new node, a lost disk),
 its epoch key is gone too: the store then starts a new epoch at the moment that Redis started
-(or this process, if later) and refuses every request signed before it, so that no request
+and refuses every request signed before it, so that no request
 signed before the loss can be replayed.
 """
 from __future__ import annotations
@@ -104,15 +104,14 @@ class RedisNonceStore:
         self._redis = redis
         self._namespace = namespace
         self._epoch_key = f"{namespace}:epoch"
-        self._created_ms = _now_ms()
 
     async def _new_epoch(self) -> int:
         """When the data was lost at the latest: Redis's start (to the second: its uptime is whole
-        seconds), or this process's start, whichever is later. Everything signed since then has
-        had its nonce claimed in this Redis."""
+        seconds). Everything signed since then has had its nonce claimed in this Redis. (Not this
+        process's start: a verifier made lazily, at its first request, would refuse that request.)"""
         seconds, _micros = await self._redis.time()
         uptime_s = int((await self._redis.info("server"))["uptime_in_seconds"])
-        return max(self._created_ms, (seconds - uptime_s) * 1000)
+        return (seconds - uptime_s) * 1000
 
     async def claim(self, key_id: str, nonce: str, ttl_s: int, signed_at_ms: int) -> str | None:
         from streams.cache import REDIS_ERRORS
