@@ -43,11 +43,12 @@ ROUTES_OF = {
     "crash-gateway": ("web/gateway.py",),
     "crash-wallet": ("web/wallet.py",),
     "crash-payout": ("agents/payout_adapter.py",),
+    "crash-push": ("web/push.py",),
 }
 
 # Settings that carry a password or a key: Secret only.
 SECRET_SETTINGS = {"CRASH_DB_URL", "CRASH_SECRET_DB_URL", "CRASH_WALLET_DB_URL", "CRASH_API_KEYS",
-                   "CRASH_WALLET_KEY_SECRET"}
+                   "CRASH_WALLET_KEY_SECRET", "CRASH_SESSION_SECRET"}
 
 POD_KINDS = {"Deployment", "StatefulSet", "Job", "DaemonSet", "ReplicaSet"}
 
@@ -579,7 +580,7 @@ def test_service_monitors_scrape_the_services_the_alerts_name():
         assert all(e["port"] in port_names for e in monitor["spec"]["endpoints"])
         assert matches[0]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"  # the plain-config path
         jobs.add(matches[0]["metadata"]["name"])   # the operator's job label is the Service name
-    assert jobs == {"crash-worker", "crash-gateway", "crash-payout"}
+    assert jobs == {"crash-worker", "crash-gateway", "crash-payout", "crash-push"}
     used = set()
     for rule in alert_rules():
         used |= set(re.findall(r'job="([\w-]+)"', rule["expr"]))

@@ -17,9 +17,6 @@ from web import sessions
 
 pytestmark = pytest.mark.slow
 
-DEV_SESSION_SECRET = "dev-session-secret"   # the pipeline's processes run with the default
-
-
 @pytest.fixture(scope="module")
 async def pipe(pipeline_factory):
     pipeline = await pipeline_factory("push")
@@ -123,7 +120,7 @@ async def test_sessions_let_a_player_act_only_for_themselves(pipe, push, channel
     assert status == 400 and "user_id" in body["reason"]
 
     # Refused tokens: none, expired, forged, for another secret.
-    expired, _ = sessions.issue(DEV_SESSION_SECRET, alice, 60, now_ms=now_ms() - 120_000)
+    expired, _ = sessions.issue(pipe.base.session_secret, alice, 60, now_ms=now_ms() - 120_000)
     payload, signature = token.split(".")
     forged_payload = payload[:-2] + ("AA" if payload[-2:] != "AA" else "BB")
     for bad, error in ((None, "no_session"), (expired, "session_expired"), (f"{forged_payload}.{signature}",

@@ -9,8 +9,10 @@ overall rate of about R bets/s while betting windows are open (DESIGN sections 5
 - `transfer` mode: `POST /v1/bets`, signed with the key whose role is `game`; the operator's
   platform has already debited the player.
 
-One poller per channel follows `GET /v1/channels/{id}` (~every 100 ms) and estimates the offset
-of the server's clock. Manual bets cash out when the multiplier computed locally (from the term's
+With `--push URL` each channel is followed over the push gateway's WebSocket (`crash-push`:
+a snapshot, then the term's changes as they happen), as the player's page does; without it, one
+poller per channel follows `GET /v1/channels/{id}` (~every 100 ms). Either way the bots
+estimate the offset of the server's clock. Manual bets cash out when the multiplier computed locally (from the term's
 `flying_at` and the channel's growth) reaches the player's private target; some are too late,
 which is part of the game. Answers are counted by outcome and reason; a 503 or a lost connection
 is retried with the same api_order_no (the pipeline answers a repeat with its first decision).
@@ -85,6 +87,7 @@ class Options:
     connections: int
     drain: float
     record_bets: bool
+    push: str
 
 
 def parse_args(argv: list[str] | None, settings: Settings) -> Options:
@@ -107,6 +110,9 @@ def parse_args(argv: list[str] | None, settings: Settings) -> Options:
     parser.add_argument("--connections", type=int, default=256, help="HTTP connection limit")
     parser.add_argument("--drain", type=float, default=5.0,
                         help="seconds to let requests in flight finish after the stop")
+    parser.add_argument("--push", default="",
+                        help="push gateway base URL (e.g. http://127.0.0.1:8082): follow the terms over its "
+                             "WebSocket instead of polling the bet API")
     parser.add_argument("--record-bets", action="store_true",
                         help="list every accepted bet (channel, api_order_no) in the --report-json file")
     args = parser.parse_args(argv)
@@ -121,7 +127,8 @@ def parse_args(argv: list[str] | None, settings: Settings) -> Options:
     return Options(players=args.players, rate=args.rate, channels=channels, duration=args.duration, mode=args.mode,
                    gateway=args.gateway.rstrip("/"), wallet=args.wallet, report_json=args.report_json,
                    seed=args.seed, quiet=args.quiet, balance=args.balance, refill_below=refill_below,
-                   connections=args.connections, drain=args.drain, record_bets=args.record_bets)
+                   connections=args.connections, drain=args.drain, record_bets=args.record_bets,
+                   push=args.push.rstrip("/"))
 
 
 def key_for_role(api_keys: dict[str, tuple[str, str]], role: str, preferred: str) -> tuple[str, str]:
@@ -389,11 +396,17 @@ class ServerClock:
 
     def __init__(self) -> None:
         self._samples: deque[tuple[float, float]] = deque(maxlen=50)   # (round trip, offset) in ms
+        self._one_way: deque[float] = deque(maxlen=50)
         self.offset_ms = 0.0
 
     def sample(self, sent_ms: float, received_ms: float, server_ms: int) -> None:
         self._samples.append((received_ms - sent_ms, server_ms - (sent_ms + received_ms) / 2))
         self.offset_ms = min(self._samples)[1]     # the fastest round trip bounds the error best
+
+    def sample_one_way(self, server_ms: int, received_ms: float) -> None:
+        """A pushed frame: sent at server_ms, so the offset is at least server_ms - received_ms."""
+        self._one_way.append(server_ms - received_ms)
+        self.offset_ms = max(self._one_way)
 
     def now_ms(self) -> float:
         return time.time() * 1000 + self.offset_ms
@@ -573,7 +586,7 @@ class Bots:
         channel = Channel(channel_id)
         self.channels[channel_id] = channel
         log.info("following channel %s", channel_id)
-        self.spawn(self.follow(channel), background=True)
+        self.spawn(self.follow_push(channel) if self.opts.push else self.follow(channel), background=True)
 
     async def follow(self, channel: Channel) -> None:
         """The channel's one poller: config, live term and the server's clock, every ~100 ms."""
@@ -600,6 +613,40 @@ class Bots:
                 await asyncio.sleep(1.0)
                 continue
             await asyncio.sleep(max(0.0, POLL_S - (time.monotonic() - started)))
+
+    async def follow_push(self, channel: Channel) -> None:
+        """The channel over the push gateway's WebSocket: the snapshot, then its deltas; the
+        server time of each frame bounds the clock offset (it was sent before it arrived)."""
+        url = URL(self.opts.push.replace("http", "ws", 1) + f"/ws/channel/{channel.id}")
+        for attempt in itertools.count():
+            try:
+                async with self.api.session.ws_connect(url, heartbeat=20, max_msg_size=0) as ws:
+                    await ws.send_str('{"t":"hello"}')
+                    async for message in ws:
+                        if message.type != aiohttp.WSMsgType.TEXT:
+                            break
+                        self.on_push_frame(channel, json.loads(message.data))
+            except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+                if attempt < 3 or attempt % 20 == 0:
+                    log.warning("push %s: %s: %s", url, type(error).__name__, error)
+            self.stats.poll_errors += 1
+            channel.term = None            # nothing is known until the next snapshot
+            await asyncio.sleep(_retry_delay(min(attempt + 1, 5)))
+
+    def on_push_frame(self, channel: Channel, frame: dict[str, Any]) -> None:
+        if isinstance(frame.get("ts"), int):
+            self.clock.sample_one_way(frame["ts"], time.time() * 1000)
+        if frame.get("t") == "hello":
+            view = frame.get("channel") or {}
+            self.on_channel_state(channel, {"config": view.get("config"), "term": view.get("term")})
+        elif frame.get("t") == "delta":
+            for op in frame.get("ops", []):
+                if op.get("k") == "term":
+                    self.on_channel_state(channel, {"config": channel.config, "term": op["term"]})
+                elif op.get("k") == "config":
+                    self.on_channel_state(channel, {"config": op["config"], "term": channel.term})
+        elif frame.get("t") == "error":
+            log.warning("push gateway refused channel %s: %s", channel.id, frame.get("reason"))
 
     def on_channel_state(self, channel: Channel, data: dict[str, Any]) -> None:
         config = data.get("config")

@@ -15,6 +15,7 @@ player's page recognises its own bets without any frame carrying user ids.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -115,3 +116,55 @@ def bearer(authorization: str | None) -> str | None:
 def tag(secret: str, user_id: str) -> str:
     """A short keyed hash of a user id: recognisable by its owner, meaningless to anyone else."""
     return hmac.new(secret.encode(), b"tag." + user_id.encode(), hashlib.sha256).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------- the demo's link
+
+async def _demo_link(user_id: str, channel_id: str, ttl_s: int, fund: int) -> str:
+    """As an operator's server would: fund the player (reference wallet, demo only) and ask the
+    bet API (signed, role game) for a session; the answer's page_url opens the page as them."""
+    import json as _json
+
+    import aiohttp
+
+    from streams.settings import get_settings
+    from web.signing import sign_headers
+    from web.wallet_client import WalletClient
+    settings = get_settings()
+    game = [(k, s) for k, (s, role) in sorted(settings.api_keys.items()) if role == "game"]
+    admin = [(k, s) for k, (s, role) in sorted(settings.api_keys.items()) if role == "admin"]
+    if not game:
+        raise SystemExit("no key with role game in CRASH_API_KEYS")
+    if fund and admin:
+        async with WalletClient(settings.wallet_url, *admin[0], timeout_s=5) as wallet:
+            if await wallet.balance(user_id, "EUR") < fund // 10:
+                await wallet.set_balance(user_id, "EUR", fund)
+    body = _json.dumps({"user_id": user_id, "channel_id": channel_id, "ttl_s": ttl_s}).encode()
+    url = f"http://127.0.0.1:{settings.gateway_port}/v1/sessions"
+    headers = {**sign_headers(*game[0], "POST", "/v1/sessions", body), "Content-Type": "application/json"}
+    async with aiohttp.ClientSession() as http:
+        for _ in range(60):         # the gateway may still be loading the channels
+            async with http.post(url, data=body, headers=headers) as response:
+                answer = await response.json(content_type=None)
+                if response.status == 200:
+                    return answer["page_url"]
+            await asyncio.sleep(1)
+            headers = {**sign_headers(*game[0], "POST", "/v1/sessions", body), "Content-Type": "application/json"}
+    raise SystemExit(f"no session from the bet API: {answer}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m web.sessions demo-link --user demo-player --channel demo-1`: print the page's link."""
+    import argparse
+    parser = argparse.ArgumentParser(prog="python -m web.sessions")
+    parser.add_argument("command", choices=["demo-link"])
+    parser.add_argument("--user", default="demo-player")
+    parser.add_argument("--channel", default="demo-1")
+    parser.add_argument("--ttl", type=int, default=12 * 3600, help="seconds the session lasts")
+    parser.add_argument("--fund", type=int, default=100_000, help="EUR balance (minor units) to give the player")
+    args = parser.parse_args(argv)
+    print(asyncio.run(_demo_link(args.user, args.channel, args.ttl, args.fund)))
+
+
+if __name__ == "__main__":
+    main()

@@ -549,10 +549,10 @@
         card = document.createElement("div");
         card.className = "jackpot"; card.dataset.jackpot = id; card.dataset.testid = "jackpot";
         card.innerHTML = `<div class="jp-head"><span class="jp-name"></span><span class="jp-tier"></span></div>
-          <div class="jp-value" data-testid="jackpot-value">–</div><div class="bar"><span></span></div><div class="jp-foot"></div>`;
+          <div class="jp-value" data-testid="jackpot-value">–</div><div class="bar"><span style="width: 0%"></span></div><div class="jp-foot"></div>`;
         el.appendChild(card);
       }
-      if (!jp) { card.querySelector(".jp-name").textContent = id; continue; }
+      if (!jp || !jp.currency) { card.querySelector(".jp-name").textContent = id; continue; }
       card.querySelector(".jp-name").textContent = jp.name || id;
       card.querySelector(".jp-tier").textContent = jp.tier || "";
       const cap = jp.cap || 0;
@@ -564,7 +564,12 @@
       else if (hit && hit.winners && hit.winners.length) foot.textContent = `Last won ${Money.format(hit.amount, jp.currency)} by ${winnersText(hit.winners, jp.currency)}`;
       else foot.textContent = cap ? `cap ${Money.format(cap, jp.currency)}` : "";
       tick(card, jp);
-      if (hit && hit.winners && hit.winners.length && $("jackpot-hit").dataset.award === hit.award_id) showHit(jp, hit);
+      const overlay = $("jackpot-hit");
+      if (hit && hit.winners && hit.winners.length && overlay.dataset.award === hit.award_id &&
+          overlay.dataset.winners !== String(hit.winners.length)) {
+        overlay.dataset.winners = String(hit.winners.length);
+        showHit(jp, hit);
+      }
     }
   }
   function winnersText(winners, currency) {
@@ -592,11 +597,10 @@
     const overlay = $("jackpot-hit");
     overlay.dataset.award = op.award_id;
     showHit({...jp, currency: op.currency}, {amount: op.amount, winners: []});
+    S.hitShownAt = Date.now();
     const card = document.querySelector(`[data-jackpot="${CSS.escape(op.jackpot_id)}"]`);
     if (card) { card.classList.remove("hit"); void card.offsetWidth; card.classList.add("hit"); }
     say(`JACKPOT ${jp.name || op.jackpot_id}: ${Money.format(op.amount, op.currency)}!`, "ok");
-    clearTimeout(jackpotHit.timer);
-    jackpotHit.timer = setTimeout(() => overlay.classList.add("hidden"), 8000);
   }
   function showHit(jp, hit) {
     const overlay = $("jackpot-hit");
@@ -604,6 +608,9 @@
       `<div class="amount" data-testid="jackpot-hit-amount">${Money.format(hit.amount, jp.currency)}</div>` +
       `<div class="winners" data-testid="jackpot-winners">${hit.winners && hit.winners.length ? "Won by " + escapeHtml(winnersText(hit.winners, jp.currency)) : "Winners being ranked…"}</div>`;
     overlay.classList.remove("hidden");
+    // Shown for a while after the hit, and again when the winners are known.
+    clearTimeout(showHit.timer);
+    showHit.timer = setTimeout(() => overlay.classList.add("hidden"), 8000);
   }
 
   // ---------------------------------------------------------------- start

@@ -1,0 +1,275 @@
+"""WebSocket fan-out benchmark of one push gateway process (DESIGN section 14: 10,000 clients,
+push p99 <= 100 ms). Not a test: run it by hand on a quiet machine, against a profile's Kafka
+(`./stack infra up test` or the demo's), and read what it prints:
+
+    eval "$(./stack env test)"; .venv/bin/python tests/bench_push.py --clients 10000 --seconds 30
+
+It starts one `crash-push` on topics of its own (a fresh prefix), publishes a flying term the way
+the orchestrator does (a TermTick every 100 ms) plus a stream of bets (BetPlaced, then
+BetCashedOut), connects N WebSocket clients from `--procs` client processes (light raw-socket
+clients, so that the clients are not what is measured), and measures, for every frame each
+client receives, the push latency: arrival time minus the Kafka timestamp of the oldest event
+the frame carries (`src`). Everything runs on this one machine: the numbers include the clients'
+own CPU and Kafka's.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import math
+import os
+import re
+import resource
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from array import array
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+SRC = re.compile(rb'"src":(\d+)')
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def quantile(values: list[int] | array, q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+# ---------------------------------------------------------------- client processes
+
+class Client(asyncio.Protocol):
+    """A WebSocket client that only splits frames and reads `src`: a few microseconds a frame."""
+
+    def __init__(self, path: str, latencies: array, counters: dict[str, int], connected: asyncio.Event) -> None:
+        self.path, self.latencies, self.counters, self.connected = path, latencies, counters, connected
+        self.buffer = b""
+        self.upgraded = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        key = base64.b64encode(secrets.token_bytes(16)).decode()
+        transport.write((f"GET {self.path} HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        hello = b'{"t":"hello"}'
+        transport.write(bytes((0x81, 0x80 | len(hello))) + b"\0\0\0\0" + hello)  # zero mask key
+
+    def data_received(self, data: bytes) -> None:
+        arrived = now_ms()
+        buffer = self.buffer + data
+        if not self.upgraded:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                self.buffer = buffer
+                return
+            self.upgraded = True
+            self.connected.set()
+            self.counters["connected"] += 1
+            buffer = buffer[end + 4:]
+        while len(buffer) >= 2:
+            length, start = buffer[1] & 0x7F, 2
+            if length == 126:
+                if len(buffer) < 4:
+                    break
+                length, start = int.from_bytes(buffer[2:4], "big"), 4
+            elif length == 127:
+                if len(buffer) < 10:
+                    break
+                length, start = int.from_bytes(buffer[2:10], "big"), 10
+            if len(buffer) < start + length:
+                break
+            payload = buffer[start:start + length]
+            buffer = buffer[start + length:]
+            self.counters["frames"] += 1
+            if payload.startswith(b'{"t":"delta"'):
+                found = SRC.search(payload, 0, 80)
+                if found:
+                    self.latencies.append(arrived - int(found.group(1)))
+        self.buffer = buffer
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.counters["lost"] += 1
+
+
+async def run_clients(port: int, count: int, channel: str, seconds: float, out: str) -> None:
+    loop = asyncio.get_running_loop()
+    latencies: array = array("i")
+    counters = {"connected": 0, "frames": 0, "lost": 0, "failed": 0}
+    slots = asyncio.Semaphore(200)
+
+    async def one() -> None:
+        async with slots:
+            connected = asyncio.Event()
+            try:
+                await loop.create_connection(lambda: Client(f"/ws/channel/{channel}", latencies, counters, connected),
+                                             "127.0.0.1", port)
+                await asyncio.wait_for(connected.wait(), 30)
+            except (OSError, TimeoutError):
+                counters["failed"] += 1
+
+    started = time.monotonic()
+    await asyncio.gather(*(one() for _ in range(count)))
+    connect_s = time.monotonic() - started
+    del latencies[:]                     # measure once everybody is in
+    counters["frames"] = 0
+    await asyncio.sleep(seconds)
+    Path(out).write_text(json.dumps({"counters": counters, "connect_s": connect_s, "latencies": list(latencies)}))
+
+
+# ---------------------------------------------------------------- the driver
+
+async def publish(settings, channel: str, stop: asyncio.Event, bets_per_s: float) -> int:
+    """A flying term as the orchestrator sends it, and bets as the Bet and Cashout Services do."""
+    from aiokafka import AIOKafkaProducer
+
+    from streams.codec import encode
+    from streams.events import BetCashedOut, BetPlaced, ChannelConfigured, TermCreated, TermStateChanged, TermTick
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=0)
+    await producer.start()
+    term_topic, bet_topic = settings.topic("game.term"), settings.topic("game.bet")
+
+    async def send(topic: str, record) -> None:
+        await producer.send(topic, encode(record), key=channel.encode())
+
+    config = {"growth_per_ms": "0.00001", "max_multiple_x100": 100000, "edge_bps": 100, "jackpots": [],
+              "currencies": {"EUR": {"min_bet": 10, "max_bet": 100000, "max_bets_per_user": 3, "max_win": 10**7,
+                                     "max_payout_per_term": 10**9}}}
+    start = now_ms()
+    term_id = f"{channel}-1"
+    base = {"channel_id": channel, "term_id": term_id}
+    await send(term_topic, ChannelConfigured(event_id=f"{channel}.cfg", ts=start, config=config, config_version=1,
+                                             channel_id=channel))
+    await send(term_topic, TermCreated(event_id=f"{term_id}.created", ts=start, seq=1, chain_no=1, chain_index=1,
+                                       prev_hash="0" * 64, created_at=start, bets_close_at=start + 1,
+                                       flying_at=start + 2, config=config, **base))
+    await send(term_topic, TermStateChanged(event_id=f"{term_id}.flying", ts=start + 2, state="flying",
+                                            bets_close_at=start + 1, flying_at=start + 2, state_version=3, **base))
+    sent, n = 0, 0
+    next_tick = time.monotonic()
+    bet_every = 1 / bets_per_s if bets_per_s > 0 else None
+    next_bet = time.monotonic()
+    while not stop.is_set():
+        now = time.monotonic()
+        if now >= next_tick:
+            elapsed = now_ms() - start
+            await send(term_topic, TermTick(event_id=f"{term_id}.t{elapsed}", ts=now_ms(), elapsed_ms=elapsed,
+                                            multiple_x100=100 + elapsed // 1000, **base))
+            next_tick += 0.1
+            sent += 1
+        while bet_every is not None and now >= next_bet:
+            n += 1
+            bet = {"bet_id": f"b{n}", "api_order_no": f"o{n}", "user_id": f"player-{n % 997}", "amount": 100 + n % 900,
+                   "currency": "EUR"}
+            await send(bet_topic, BetPlaced(event_id=f"b{n}.placed", ts=now_ms(), bet_type="manual",
+                                            max_win_x100=100000, **bet, **base))
+            if n > 20:
+                m = n - 20
+                await send(bet_topic, BetCashedOut(
+                    event_id=f"b{m}.cashout", ts=now_ms(), bet_id=f"b{m}", api_order_no=f"o{m}",
+                    user_id=f"player-{m % 997}", amount=100, currency="EUR", multiple_x100=150, payout=150,
+                    mode="manual", cashed_at=now_ms(), order_no=f"cashout:b{m}", **base))
+            next_bet += bet_every
+            sent += 2
+        await asyncio.sleep(max(0.0, min(next_tick, next_bet if bet_every else next_tick) - time.monotonic()))
+    await producer.stop()
+    return sent
+
+
+async def drive(args: argparse.Namespace) -> None:
+    import aiohttp
+
+    from harness import free_port
+    from streams.admin import create_topics
+    from streams.settings import get_settings
+    settings = get_settings()
+    prefix = f"bench.{secrets.token_hex(3)}."
+    from dataclasses import replace
+    settings = replace(settings, topic_prefix=prefix)
+    await create_topics(settings, names=("game.term", "game.bet", "game.payout", "game.jackpot"))
+    port = free_port()
+    env = {**os.environ, "CRASH_TOPIC_PREFIX": prefix, "CRASH_PUSH_PORT": str(port), "CRASH_LOG_LEVEL": "warning"}
+    log = open(REPO / "var" / f"bench-push-{prefix.strip('.')}.log", "ab")
+    push = subprocess.Popen([str(Path(sys.executable).parent / "crash-push")], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    channel = "bench-1"
+    stop = asyncio.Event()
+    publisher = asyncio.create_task(publish(settings, channel, stop, args.bets_per_s))
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(300):
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/v1/views/{channel}") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+        outs = [REPO / "var" / f"bench-push-{prefix.strip('.')}-{i}.json" for i in range(args.procs)]
+        share = [args.clients // args.procs + (1 if i < args.clients % args.procs else 0) for i in range(args.procs)]
+        procs = [await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--client-mode", "--port", str(port), "--clients", str(n),
+            "--seconds", str(args.seconds), "--out", str(out), "--channel", channel)
+            for n, out in zip(share, outs, strict=True)]
+        cpu_before = _cpu_s(push.pid)
+        wall_before = time.monotonic()
+        await asyncio.gather(*(p.wait() for p in procs))
+        push_cpu = (_cpu_s(push.pid) - cpu_before) / (time.monotonic() - wall_before)
+    finally:
+        stop.set()
+        sent = await publisher
+        push.send_signal(signal.SIGTERM)
+        push.wait(30)
+    results = [json.loads(out.read_text()) for out in outs]
+    latencies = [v for r in results for v in r["latencies"]]
+    counters = {k: sum(r["counters"][k] for r in results) for k in results[0]["counters"]}
+    print(f"command: {' '.join(sys.argv)}")
+    print(f"clients: {counters['connected']} connected ({counters['failed']} failed, {counters['lost']} lost), "
+          f"connected within {max(r['connect_s'] for r in results):.1f} s, {args.procs} client processes")
+    print(f"events: {sent} published ({args.bets_per_s:g} bets/s with cashouts, a tick every 100 ms)")
+    print(f"frames received: {counters['frames']} in {args.seconds:g} s "
+          f"({counters['frames'] / args.seconds:,.0f}/s), push gateway CPU {push_cpu:.0%} of one core")
+    print(f"push latency (Kafka timestamp -> frame at the client), {len(latencies)} frames: "
+          f"p50 {quantile(latencies, .5):.0f} ms, p99 {quantile(latencies, .99):.0f} ms, "
+          f"max {max(latencies) if latencies else float('nan'):.0f} ms")
+    for out in outs:
+        out.unlink(missing_ok=True)
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=10_000)
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--procs", type=int, default=2, help="client processes")
+    parser.add_argument("--bets-per-s", type=float, default=50)
+    parser.add_argument("--client-mode", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--channel", default="bench-1", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if args.client_mode:
+        asyncio.run(run_clients(args.port, args.clients, args.channel, args.seconds, args.out))
+    else:
+        asyncio.run(drive(args))
+
+
+if __name__ == "__main__":
+    main()
