@@ -38,6 +38,7 @@ DEMO_JACKPOTS: list[dict[str, Any]] = [
      "seed": 100_000, "cap": 200_000, "trigger": "must_hit_by"},
 ]
 GAME_FEEDS = ("demo-shared", "demo-mega")     # the slot machine's pools
+DEMO_CHANNELS_OF = {"shared": ("demo-1", "demo-2"), "mega": ("demo-1", "demo-2")}
 GAME_CONTRIBUTION_BPS = 200                   # the slot machine gives 2 % of each spin to each pool
 
 
@@ -68,6 +69,13 @@ async def create_demo_jackpots(settings: Settings, http: aiohttp.ClientSession, 
         else:
             print(f"jackpot {definition['jackpot_id']}: {status} {body}")
             return 1
+        # Every demo channel of its scope feeds it (a no-op where it does already).
+        for channel_id in DEMO_CHANNELS_OF.get(definition["tier"], ()) or (definition.get("channel_id"),):
+            status, body = await _signed(http, ops, admin, "POST", f"/ops/jackpots/{definition['jackpot_id']}/feeds",
+                                         {"channel_id": channel_id})
+            if status != 202:
+                print(f"jackpot {definition['jackpot_id']} not fed by {channel_id}: {status} {body}")
+                return 1
     return 0
 
 

@@ -6,6 +6,7 @@
     GET  /ops/jackpots/{id}                  definition, pending change, cycles, awards, reconciliations
     POST /ops/jackpots/{id}/config           change parameters from the next reset (partial definition)
     POST /ops/jackpots/{id}/status           {status: active|paused|audit, reason}
+    POST /ops/jackpots/{id}/feeds            {channel_id, feed: true|false}: a channel starts or stops feeding it
     GET  /ops/jackpots/{id}/verify           check every revealed commitment
     POST /ops/jackpots/{id}/reconcile        reconcile the pool against MySQL now
 
@@ -192,6 +193,28 @@ class JackpotStatus(web.View):
         await _send(SetJackpotStatus(event_id=str(ULID()), channel_id="", ts=_now(), jackpot_id=jackpot_id,
                                      status=status, operator=body["_operator"], reason=reason))
         return self.json({"jackpot_id": jackpot_id, "status": status}, status=202)
+
+
+@app.page("/ops/jackpots/{jackpot_id}/feeds")
+class JackpotFeeds(web.View):
+    async def post(self, request, jackpot_id: str):
+        """A channel of the jackpot's scope starts (or stops) feeding it, from its next term."""
+        body, error = await admin_body(request)
+        if error:
+            return error
+        row = await _jackpot_row(jackpot_id)
+        if row is None:
+            return problem(404, "not_found", f"no jackpot {jackpot_id}")
+        channel_id, feed = body.get("channel_id"), body.get("feed", True)
+        if not isinstance(feed, bool):
+            return problem(400, "bad_request", "feed must be true or false")
+        if channel_id not in await channels_in_scope(row["definition"]):
+            return problem(400, "out_of_scope", f"channel {channel_id} is not in the scope of jackpot {jackpot_id}")
+        await command_topic.send(key=channel_id.encode(), value=encode(FeedJackpot(
+            event_id=str(ULID()), channel_id=channel_id, ts=_now(), jackpot_id=jackpot_id, feed=feed,
+            operator=body["_operator"])))
+        return self.json({"jackpot_id": jackpot_id, "channel_id": channel_id, "feed": feed,
+                          "applies": "from the channel's next term"}, status=202)
 
 
 @app.page("/ops/jackpots/{jackpot_id}/verify")

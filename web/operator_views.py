@@ -110,6 +110,14 @@ async def jackpots_in_scope(channel_id: str, operator_group: str) -> list[str]:
     return fed[:MAX_JACKPOTS]
 
 
+async def register_channel(channel_id: str, config: dict[str, Any]) -> None:
+    async with db().begin() as conn:
+        await conn.execute(text(
+            "INSERT INTO channel (channel_id, operator_group, config, config_version, created_at, updated_at)"
+            " VALUES (:c, :g, :config, 0, :now, :now) ON DUPLICATE KEY UPDATE channel_id = channel_id"),
+            {"c": channel_id, "g": config["operator_group"], "config": json.dumps(config), "now": now_ms()})
+
+
 async def channel_row(channel_id: str) -> dict[str, Any] | None:
     rows = await fetch_all("SELECT * FROM channel WHERE channel_id = :c", c=channel_id)
     return _decode_json_columns(rows[0], "config") if rows else None
@@ -148,6 +156,9 @@ class Channels(web.View):
         chain = await chain_store().create(channel_id, 1, config["chain_length"])
         public = {"chain_no": 1, "length": chain.length, "terminator": chain.terminator.hex(),
                   "salt": chain.salt.hex()}
+        # The row is written before the command (config_version 0, "being created"), so that a
+        # jackpot created right after it is fed by it; the pipeline's ChannelConfigured replaces it.
+        await register_channel(channel_id, config)
         command = ConfigureChannel(event_id=str(ULID()), channel_id=channel_id, ts=now_ms(),
                                    config=config, operator=body["_operator"], chain=public)
         await send_command(command)
