@@ -508,6 +508,15 @@ async def test_amount_must_be_a_positive_integer(wallet_url: str, game: WalletCl
     ({"order_no": 17, "user_id": "u1", "currency": "EUR", "amount": 1}, "order_no must be"),
     ({"order_no": "o1", "user_id": "u:1", "currency": "EUR", "amount": 1}, "user_id must be"),
     ({"order_no": "o1", "user_id": "u" * 65, "currency": "EUR", "amount": 1}, "user_id must be"),
+    # The game's one identifier rule (streams/ids.py): what the bet API refuses is refused here.
+    ({"order_no": "o1", "user_id": "u1\n", "currency": "EUR", "amount": 1}, "user_id must be"),
+    ({"order_no": "o1", "user_id": "-u1", "currency": "EUR", "amount": 1}, "user_id must be"),
+    ({"order_no": "o1\n", "user_id": "u1", "currency": "EUR", "amount": 1}, "order_no must be"),
+    ({"order_no": "cashout::x", "user_id": "u1", "currency": "EUR", "amount": 1}, "order_no must be"),
+    ({"order_no": ":o1", "user_id": "u1", "currency": "EUR", "amount": 1}, "order_no must be"),
+    (b'{"order_no": "o1", "user_id": "u1", "currency": "EUR", "amount": ' + b"9" * 5000 + b"}",
+     "body is not valid JSON"),
+    (b'{"order_no": "o1", "user_id": "u1", "currency": "EUR", "amount": NaN}', "body is not valid JSON"),
     ({"order_no": "o1", "user_id": "u1", "currency": "EUR", "amount": 1, "meta": [1]}, "meta must be"),
     ({"order_no": "o1", "user_id": "u1", "currency": "EUR", "amount": 1, "kind": 3}, "kind must be"),
 ])
@@ -515,6 +524,14 @@ async def test_malformed_requests_are_400(wallet_url: str, body: bytes | dict[st
     status, answer = await signed(wallet_url, "POST", "/v1/credit", body)
     assert (status, answer["error"]) == (400, "bad_request")
     assert answer["reason"].startswith(reason), answer
+
+
+@pytest.mark.parametrize("order_no", ["cashout:01JD7Q9V2N8C4X6ZP3M5K1T0RB", "refund:01JD7Q9V2N8C4X6ZP3M5K1T0RB",
+                                      "refund:demo-1:o-17", "bonus:aw-3.2:1", "o-" + "x" * 62])
+async def test_the_pipelines_payout_order_numbers_are_taken(game: WalletClient, order_no: str) -> None:
+    number = f"{order_no}{uuid.uuid4().hex[:8]}" if len(order_no) < 60 else order_no[:56] + uuid.uuid4().hex[:8]
+    kind = order_no.split(":")[0] if ":" in order_no else None
+    assert (await game.credit(number, uid(), "EUR", 5, kind=kind)).ok
 
 
 async def test_balance_query_is_validated(wallet_url: str) -> None:
