@@ -1,0 +1,565 @@
+"""The benchmark's measurements. Each returns a dict of figures; `Run` holds what they share: the
+deployments, the load processes they start, the accepted bets to find in MySQL at the end."""
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streams.bench.deploy import REPO, Deployment, Proc, cpu_seconds, free_port, infra_pids, wait_for
+
+__all__ = ["Run", "quantile", "CHANNEL_CONFIG"]
+
+# Long betting windows (10 minutes, the most a config allows: every phase gets a fresh channel) so
+# that the throughput phases never run into a closed window; a term that must fly is started by
+# hand (the operator's manual start). Limits far above what the load places.
+CHANNEL_CONFIG: dict[str, Any] = {
+    "betting_ms": 600_000, "starting_ms": 500, "cooldown_ms": 300, "grace_ms": 150,
+    "growth_per_ms": "0.00004", "max_multiple_x100": 100_000, "chain_length": 1000,
+    "operator_group": "bench",
+    "currencies": {"EUR": {"min_bet": 10, "max_bet": 100_000, "max_bets_per_user": 1000, "max_win": 10**12,
+                           "max_payout_per_term": 10**15}},
+}
+
+
+def quantile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def latency_figures(values: list[float]) -> dict[str, float | None]:
+    return {"p50_ms": quantile(values, 0.5), "p99_ms": quantile(values, 0.99),
+            "max_ms": max(values) if values else None}
+
+
+@dataclass
+class Run:
+    args: Any
+    base: Any                                   # Settings of the test profile
+    main: Deployment | None = None
+    accepted: dict[str, set[tuple[str, str]]] = field(default_factory=dict)   # database -> {(channel, order)}
+    errors: list[str] = field(default_factory=list)
+    work: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="crash-bench-")))
+
+    # ---------------------------------------------------------- helpers
+
+    def _load_args(self, dep: Deployment, mode: str, out: Path, **options: Any) -> list[str]:
+        args = [sys.executable, "-m", "streams.bench.load", mode, "--out", str(out)]
+        for name, value in options.items():
+            if value is None or value is False:
+                continue
+            args += [f"--{name.replace('_', '-')}"] + ([] if value is True else [str(value)])
+        return args
+
+    async def load(self, dep: Deployment, mode: str, procs: int = 1, timeout: float = 600,
+                   **options: Any) -> dict[str, Any]:
+        """Run `procs` load processes with the same options (rates split among them); merged result."""
+        outs, started = [], []
+        for i in range(procs):
+            out = self.work / f"load-{uuid.uuid4().hex[:8]}.json"
+            opts = dict(options)
+            if "rate" in opts and procs > 1:
+                opts["rate"] = opts["rate"] / procs
+            if procs > 1:
+                opts["tag"] = f"{opts.get('tag', 'bench')}{i}"
+            proc = dep.start(f"load-{mode}-{uuid.uuid4().hex[:4]}", self._load_args(dep, mode, out, **opts))
+            outs.append(out)
+            started.append(proc)
+        for proc in started:
+            code = await proc.wait(timeout)
+            if code:
+                raise RuntimeError(f"{proc.name} failed ({code}):\n{proc.tail()}")
+        results = [json.loads(out.read_text()) for out in outs]
+        merged: dict[str, Any] = {"outcomes": {}, "latencies_ms": [], "accepted": []}
+        for r in results:
+            for k, v in r["outcomes"].items():
+                merged["outcomes"][k] = merged["outcomes"].get(k, 0) + v
+            merged["latencies_ms"] += r["latencies_ms"]
+            merged["accepted"] += r["accepted"]
+            for k in ("sent", "answered", "unanswered", "cpu_s"):
+                merged[k] = merged.get(k, 0) + r.get(k, 0)
+            merged["elapsed_s"] = max(merged.get("elapsed_s", 0), r.get("elapsed_s", 0))
+            merged["send_s"] = max(merged.get("send_s", 0), r.get("send_s", 0))
+            if "timeline" in r:
+                merged["timeline"] = r["timeline"]
+        for proc in started:
+            dep.procs.pop(proc.name, None)
+        self.remember(dep, merged["accepted"])
+        return merged
+
+    def remember(self, dep: Deployment, accepted: list[list[str]]) -> None:
+        self.accepted.setdefault(dep.database, set()).update((a[0], a[1]) for a in accepted)
+
+    @staticmethod
+    def cpu(dep: Deployment) -> dict[str, float]:
+        snapshot = {name: proc.cpu() for name, proc in dep.procs.items() if not name.startswith("load-")}
+        snapshot.update({name: cpu_seconds(pid) for name, pid in infra_pids().items()})
+        return {k: v for k, v in snapshot.items() if v is not None}
+
+    @staticmethod
+    def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+        return {k: round(after[k] - before[k], 2) for k in after if k in before}
+
+    async def new_channel(self, dep: Deployment, name: str, **overrides: Any) -> str:
+        return await dep.create_channel(f"{dep.name}-{name}", {**CHANNEL_CONFIG, **overrides})
+
+    def profile(self, dep: Deployment, seconds: float, phase: str) -> list[tuple[str, Path, Any]]:
+        """With --profile: py-spy samples the pipeline's processes for `seconds` (raw stacks)."""
+        if not self.args.profile:
+            return []
+        started = []
+        for name, proc in dep.procs.items():
+            if name.startswith(("worker", "gateway", "sink")) and proc.alive:
+                out = REPO / "var" / "bench" / "profiles" / f"{phase}-{name}-{time.strftime('%H%M%S')}.txt"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(proc.pid),
+                                        "-d", str(int(seconds)), "-r", "97", "--format", "raw", "-o", str(out),
+                                        "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                started.append((name, out, spy))
+        return started
+
+    async def profile_summaries(self, profiles: list[tuple[str, Path, Any]]) -> dict[str, Any]:
+        from streams.bench.report import summarize_profile
+        out = {}
+        for name, path, spy in profiles:
+            while spy.poll() is None:
+                await asyncio.sleep(0.5)
+            out[name] = {"file": str(path), **summarize_profile(path)}
+        return out
+
+    # ---------------------------------------------------------- 1. the bare baseline
+
+    async def kafka_baseline(self) -> dict[str, Any]:
+        assert self.main is not None
+        out = self.work / "baseline.json"
+        proc = self.main.start("bare-kafka", [sys.executable, "-m", "streams.bench.bare", "kafka",
+                                              "--n", str(self.args.baseline_messages), "--out", str(out)])
+        if await proc.wait(600):
+            raise RuntimeError(f"bare Kafka loop failed:\n{proc.tail()}")
+        self.main.procs.pop(proc.name)
+        result = json.loads(out.read_text())
+        return {"messages": result["messages"], "per_s": round(result["per_s"]),
+                "cpu_us_per_msg": round(result["cpu_s"] / result["messages"] * 1e6, 1)}
+
+    # ---------------------------------------------------------- 2. sustained decisions, MySQL, jackpots
+
+    async def sustained(self, dep: Deployment, channels: list[str], seconds: float, window: int,
+                        count_jackpot: bool = False) -> dict[str, Any]:
+        placeholders = ",".join(f":c{i}" for i in range(len(channels)))
+        params = {f"c{i}": c for i, c in enumerate(channels)}
+        rows_sql = f"SELECT COUNT(*) AS n FROM bet WHERE channel_id IN ({placeholders})"
+        rows0 = await dep.count(rows_sql, **params)
+        samples: list[tuple[float, int]] = []
+        contributions = JackpotCounter(dep) if count_jackpot else None
+        if contributions is not None:
+            await contributions.start()
+        stop = asyncio.Event()
+
+        async def sample_mysql() -> None:
+            while not stop.is_set():
+                samples.append((time.perf_counter(), await dep.count(rows_sql, **params) - rows0))
+                try:
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                except TimeoutError:
+                    pass
+
+        cpu0 = self.cpu(dep)
+        sampler = asyncio.create_task(sample_mysql())
+        profiles = self.profile(dep, seconds, "sustained")
+        t0 = time.perf_counter()
+        load = asyncio.create_task(self.load(dep, "kafka", channel=",".join(channels), seconds=seconds,
+                                             window=window, users=50_000, tag="p", drain_s=300))
+        await asyncio.sleep(seconds)
+        cpu1 = self.cpu(dep)
+        contributed = contributions.items if contributions is not None else 0
+        result = await load
+        t1 = time.perf_counter()
+        stop.set()
+        await sampler
+        accepted = len(result["accepted"])
+        refused = {k: v for k, v in result["outcomes"].items() if not k.startswith("accepted")}
+        timeline = result.get("timeline", [])
+        steady = _steady_rate(timeline, seconds)
+        in_time = max((n for t, n in timeline if t <= seconds), default=0)
+        in_window = [n for t, n in samples if t <= t0 + seconds + 1]
+        mysql_in_window = in_window[-1] if in_window else 0
+        drained = await self.drain(dep, rows_sql, params, rows0 + accepted + sum(refused.values()))
+        figures: dict[str, Any] = {
+            "seconds": seconds, "window": window, "channels": len(channels), "sent": result["sent"],
+            "accepted": accepted, "refused": refused, "unanswered": result["unanswered"],
+            "decisions_per_s": round(in_time / seconds), "drain_after_s": round(t1 - t0 - seconds, 1),
+            "decisions_per_s_steady": steady,
+            "mysql_rows_per_s": round(mysql_in_window / seconds),
+            "mysql_lag_at_end": result["answered"] - mysql_in_window,
+            "mysql_drain_s": drained,
+            "decision_latency_ms": latency_figures(result["latencies_ms"]),
+            "cpu_s": self.cpu_delta(cpu0, cpu1), "load_cpu_s": round(result["cpu_s"], 2),
+        }
+        figures["cpu_s_per_1000_bets"] = {k: round(v / max(1, in_time) * 1000, 3) for k, v in figures["cpu_s"].items()}
+        if contributions is not None:
+            figures["jackpot_contributions_in_window"] = contributed
+            figures["jackpot_contributions_per_s"] = round(contributed / seconds)
+            figures["jackpot_contributions_total"] = await contributions.stop()
+        if profiles:
+            figures["profiles"] = await self.profile_summaries(profiles)
+        if result["unanswered"]:
+            self.errors.append(f"sustained: {result['unanswered']} commands unanswered")
+        return figures
+
+    async def drain(self, dep: Deployment, rows_sql: str, params: dict[str, Any], expected: int,
+                    timeout: float = 300) -> float | None:
+        """Seconds until MySQL holds `expected` rows (None: it never did within the timeout)."""
+        started = time.perf_counter()
+        try:
+            await wait_for(lambda: _at_least(dep, rows_sql, params, expected), timeout, "the sink to drain", 0.5)
+        except TimeoutError:
+            return None
+        return round(time.perf_counter() - started, 1)
+
+    # ---------------------------------------------------------- 3. the gateway, open loop
+
+    async def gateway_steps(self, dep: Deployment, rates: list[int], seconds: float) -> dict[str, Any]:
+        steps, best = [], None
+        for rate in rates:
+            channel = await self.new_channel(dep, f"g{rate}")
+            cpu0 = self.cpu(dep)
+            result = await self.load(dep, "http", procs=2 if rate >= 2000 else 1, kind="bet", port=dep.gateway_port,
+                                     channel=channel, rate=rate, seconds=seconds, tag=f"g{rate}", users=50_000,
+                                     uvloop=True)
+            cpu1 = self.cpu(dep)
+            accepted = len(result["accepted"])
+            errors = result["sent"] - accepted
+            step = {"offered_per_s": rate, "achieved_per_s": round(accepted / max(1e-9, result["send_s"])),
+                    **latency_figures(result["latencies_ms"]), "errors": errors,
+                    "outcomes": {k: v for k, v in result["outcomes"].items() if not k.startswith("200")},
+                    "cpu_s": self.cpu_delta(cpu0, cpu1), "load_cpu_s": round(result["cpu_s"], 2)}
+            step["cpu_s_per_1000_bets"] = {k: round(v / max(1, accepted) * 1000, 3) for k, v in step["cpu_s"].items()}
+            steps.append(step)
+            if errors == 0 and step["p99_ms"] is not None and step["p99_ms"] <= 150:
+                best = rate
+            if errors > 0.2 * result["sent"] or (step["p99_ms"] or 0) > 5000:
+                break                   # far over capacity: higher rates only measure the backlog
+            await asyncio.sleep(2)
+        return {"steps": steps, "highest_rate_p99_le_150ms": best}
+
+    # ---------------------------------------------------------- 4./5. a flying term: cashouts, ticks
+
+    async def flying_term(self, dep: Deployment, channel: str, min_flight_s: float, bets: int,
+                          auto_targets: bool) -> dict[str, Any]:
+        """Find a term of `channel` whose committed crash point leaves at least `min_flight_s` of flight
+        (voiding the others), put `bets` bets in it, start it by hand; returns the term and its bets."""
+        from streams import fairness, money
+        from tables.chain_store import ChainStore
+        store = ChainStore(self.base.secret_db_url)
+        chain = await store.get(channel, 1)
+        await store.close()
+        growth = float(CHANNEL_CONFIG["growth_per_ms"])
+        while True:
+            term = await wait_for(lambda: _pre_start(dep, channel), 60, f"a term of {channel} taking bets", 0.2)
+            crash = fairness.crash_point_x100(chain.hash_at(term["chain_index"]), chain.salt, 100,
+                                              CHANNEL_CONFIG["max_multiple_x100"])
+            flight_s = money.ms_to_reach(crash, growth) / 1000
+            if flight_s >= min_flight_s:
+                break
+            status, body = await dep.ops("POST", f"/ops/channels/{channel}/abort", {"reason": "bench: too short"})
+            seq = term["seq"]
+            await wait_for(lambda s=seq: _newer_term(dep, channel, s), 60, "the next term", 0.2)
+        placed = await self.load(dep, "kafka", channel=channel, count=bets, seconds=600, window=2000, users=bets,
+                                 tag="f", auto=(crash - 1) if auto_targets else None, spread=auto_targets)
+        if len(placed["accepted"]) != bets:
+            raise RuntimeError(f"only {len(placed['accepted'])} of {bets} bets accepted: {placed['outcomes']}")
+        status, body = await dep.ops("POST", f"/ops/channels/{channel}/start", {})
+        flying = await wait_for(lambda: _in_state(dep, term["term_id"], "flying"), 60, "the term to fly", 0.05)
+        return {"term": flying, "crash_x100": crash, "flight_s": flight_s, "bets": placed["accepted"]}
+
+    async def cashouts(self, dep: Deployment, channel: str, background_channel: str, rate: int, seconds: float,
+                       background_rate: int) -> dict[str, Any]:
+        count = int(rate * seconds)
+        term = await self.flying_term(dep, channel, seconds + 8, count, auto_targets=False)
+        orders = self.work / "orders.json"
+        orders.write_text(json.dumps([[order, user] for _, order, user in term["bets"]]))
+        background = asyncio.create_task(self.load(
+            dep, "http", kind="bet", port=dep.gateway_port, channel=background_channel, rate=background_rate,
+            seconds=seconds + 2, tag="cb", users=50_000, uvloop=True))
+        await asyncio.sleep(1)
+        result = await self.load(dep, "http", kind="cashout", port=dep.gateway_port, channel=channel, rate=rate,
+                                 seconds=seconds, orders=str(orders), uvloop=True)
+        bg = await background
+        paid = sum(v for k, v in result["outcomes"].items() if k.startswith("200"))
+        return {"offered_per_s": rate, "answered": result["answered"], "accepted": paid,
+                **latency_figures(result["latencies_ms"]),
+                "errors": result["sent"] - result["answered"] + sum(
+                    v for k, v in result["outcomes"].items() if not k.startswith(("200", "409"))),
+                "outcomes": result["outcomes"],
+                "background_bets_per_s": round(len(bg["accepted"]) / max(1e-9, bg["send_s"])),
+                "background_p99_ms": quantile(bg["latencies_ms"], 0.99)}
+
+    async def ticks(self, dep: Deployment, channel: str, autos: int, seconds: float) -> dict[str, Any]:
+        follower = TickFollower(dep, channel)
+        await follower.start()
+        term = await self.flying_term(dep, channel, seconds, autos, auto_targets=True)
+        await asyncio.sleep(seconds)
+        ticks = await follower.stop(term["term"]["term_id"])
+        gaps = [b[0] - a[0] for a, b in zip(ticks, ticks[1:], strict=False)]
+        nominal = 100.0
+        jitter = [abs(g - nominal) for g in gaps]
+        lateness = [recv - ts for recv, ts in ticks]
+        cashed = await dep.count("SELECT COUNT(*) AS n FROM bet WHERE term_id = :t AND status = 'cashed_out'",
+                                 t=term["term"]["term_id"])
+        return {"autos": autos, "ticks": len(ticks), "jitter_p50_ms": quantile(jitter, 0.5),
+                "jitter_p99_ms": quantile(jitter, 0.99), "jitter_max_ms": max(jitter) if jitter else None,
+                "late_p99_ms": quantile(lateness, 0.99), "cashed_out_in_mysql_so_far": cashed}
+
+    # ---------------------------------------------------------- 6. 1 worker vs 2
+
+    async def scaling(self, seconds: float) -> dict[str, Any]:
+        from aiokafka.partitioner import DefaultPartitioner
+        dep = Deployment("scale", self.base, self.work / "scale")
+        try:
+            await dep.open()
+            await dep.start_worker(1)
+            await dep.start_ops()
+            partitions = list(range(self.base.partitions))
+            names: dict[int, str] = {}
+            i = 0
+            while len(names) < len(partitions):
+                cid = f"{dep.name}-w{i}"
+                names.setdefault(DefaultPartitioner()(cid.encode(), partitions, partitions), cid)
+                i += 1
+            channels = [await dep.create_channel(cid, CHANNEL_CONFIG) for cid in names.values()]
+            one = await self.sustained(dep, channels, seconds, window=4000)
+            await dep.start_worker(2)
+            await self.settle_rebalance(dep, channels)
+            two = await self.sustained(dep, channels, seconds, window=4000)
+            return {"channels": len(channels), "one_worker_per_s": one["decisions_per_s"],
+                    "two_workers_per_s": two["decisions_per_s"],
+                    "ratio": round(two["decisions_per_s"] / max(1, one["decisions_per_s"]), 2),
+                    "one_mysql_rows_per_s": one["mysql_rows_per_s"], "two_mysql_rows_per_s": two["mysql_rows_per_s"],
+                    "cpu_one": one["cpu_s"], "cpu_two": two["cpu_s"]}
+        finally:
+            await self.check_mysql(dep)
+            await dep.close()
+
+    async def settle_rebalance(self, dep: Deployment, channels: list[str]) -> None:
+        """Until every channel answers a bet again (the second worker's partitions are recovered)."""
+        async def all_answer() -> bool:
+            result = await self.load(dep, "kafka", channel=",".join(channels), count=len(channels) * 5,
+                                     seconds=30, window=100, tag="probe", drain_s=5)
+            return result["answered"] == len(channels) * 5
+        await wait_for(all_answer, 240, "both workers to own their channels", every=2)
+
+    # ---------------------------------------------------------- 7. jackpots
+
+    async def create_jackpots(self, dep: Deployment, channel: str) -> list[str]:
+        ids = [f"{dep.name}-local", f"{dep.name}-shared", f"{dep.name}-mega"]
+        definitions = [
+            {"jackpot_id": ids[0], "tier": "local", "channel_id": channel},
+            {"jackpot_id": ids[1], "tier": "shared", "operator_group": CHANNEL_CONFIG["operator_group"]},
+            {"jackpot_id": ids[2], "tier": "mega"},
+        ]
+        for definition in definitions:
+            status, body = await dep.ops("POST", "/ops/jackpots", {"definition": {
+                **definition, "currency": "EUR", "rate_bps": 100, "seed": 1000, "cap": 10**13, "trigger": "external"}})
+            if status != 202:
+                raise RuntimeError(f"jackpot not created: {status} {body}")
+        for jackpot_id in ids:
+            await wait_for(lambda j=jackpot_id: _jackpot_live(dep, j), 60, f"jackpot {jackpot_id}", 0.2)
+        # The channel's config lists them from its next term: void the current one.
+        term = await dep.live_term(channel)
+        await dep.ops("POST", f"/ops/channels/{channel}/abort", {"reason": "bench: feed the jackpots"})
+        await wait_for(lambda: _newer_term(dep, channel, term["seq"]), 60, "the next term", 0.2)
+        return ids
+
+    async def contribute_api(self, dep: Deployment, jackpot_id: str, rates: list[int], seconds: float
+                             ) -> dict[str, Any]:
+        port = free_port()
+        bare = dep.start("bare-http", [sys.executable, "-m", "streams.bench.bare", "http", "--port", str(port)])
+        await dep.wait_http(f"http://127.0.0.1:{port}/v1/health", bare)
+        out: dict[str, Any] = {"steps": []}
+        try:
+            for rate in rates:
+                step: dict[str, Any] = {"offered_per_s": rate}
+                for name, target_port in (("bare", port), ("api", dep.gateway_port)):
+                    result = await self.load(dep, "http", kind="contribute", port=target_port, jackpot=jackpot_id,
+                                             rate=rate, seconds=seconds, tag=f"j{name}{rate}", uvloop=True,
+                                             channel="")
+                    ok = sum(v for k, v in result["outcomes"].items() if k.startswith("200"))
+                    step[name] = {"achieved_per_s": round(ok / max(1e-9, result["send_s"])),
+                                  **latency_figures(result["latencies_ms"]), "errors": result["sent"] - ok}
+                    await asyncio.sleep(1)
+                out["steps"].append(step)
+                if step["api"]["errors"] > 0.2 * rate * seconds:
+                    break
+        finally:
+            bare.stop()
+            dep.procs.pop("bare-http", None)
+        passing = [s["offered_per_s"] for s in out["steps"] if s["api"]["errors"] == 0 and
+                   (s["api"]["p99_ms"] or 1e9) <= 50]
+        out["highest_rate_p99_le_50ms"] = max(passing) if passing else None
+        return out
+
+    # ---------------------------------------------------------- 8. WebSocket fan-out (the push gateway's own script)
+
+    async def fanout(self, clients: int, seconds: float) -> dict[str, Any]:
+        script = REPO / "tests" / "bench_push.py"
+        if not script.exists() or not (REPO / "web" / "push.py").exists():
+            return {"skipped": "no push gateway benchmark (tests/bench_push.py) in this tree"}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(script), "--clients", str(clients), "--seconds", str(seconds),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=str(REPO))
+        output, _ = await asyncio.wait_for(proc.communicate(), seconds + 300)
+        text = output.decode(errors="replace")
+        figures: dict[str, Any] = {"clients": clients, "seconds": seconds, "exit": proc.returncode}
+        for line in text.splitlines():
+            if line.startswith("push latency") and "oldest" in line:
+                import re
+                match = re.search(r"p50 (\d+) ms, p99 (\d+) ms", line)
+                if match:
+                    figures.update(p50_ms=int(match[1]), p99_ms=int(match[2]))
+            if line.startswith("clients:"):
+                figures["clients_line"] = line
+        if "p99_ms" not in figures:
+            figures["output_tail"] = text[-1500:]
+        return figures
+
+    # ---------------------------------------------------------- the final check
+
+    async def check_mysql(self, dep: Deployment) -> None:
+        """Every accepted bet of the deployment is in MySQL (waits for the sink first)."""
+        wanted = self.accepted.get(dep.database, set())
+        if not wanted:
+            return
+
+        async def stored() -> set[tuple[str, str]]:
+            rows = await dep.rows("SELECT channel_id, api_order_no FROM bet WHERE status <> 'rejected'")
+            return wanted - {(r["channel_id"], r["api_order_no"]) for r in rows}
+        missing = await stored()
+        deadline = time.monotonic() + 300
+        while missing and time.monotonic() < deadline:
+            await asyncio.sleep(1)
+            missing = await stored()
+        if missing:
+            self.errors.append(f"{len(missing)} accepted bets are not in MySQL ({dep.name}),"
+                               f" e.g. {sorted(missing)[:3]}")
+
+
+def _steady_rate(timeline: list[list[float]], seconds: float) -> int | None:
+    """Answers per second between 20 % and 90 % of the sending time (no ramp-up, no drain)."""
+    inside = [(t, n) for t, n in timeline if 0.2 * seconds <= t <= 0.9 * seconds]
+    if len(inside) < 2:
+        return None
+    (t0, n0), (t1, n1) = inside[0], inside[-1]
+    return round((n1 - n0) / (t1 - t0)) if t1 > t0 else None
+
+
+async def _at_least(dep: Deployment, sql: str, params: dict[str, Any], expected: int) -> bool:
+    return await dep.count(sql, **params) >= expected
+
+
+async def _pre_start(dep: Deployment, channel: str) -> dict[str, Any] | None:
+    term = await dep.live_term(channel)
+    return term if term and term["state"] == "pre_start" else None
+
+
+async def _newer_term(dep: Deployment, channel: str, seq: int) -> bool:
+    term = await dep.live_term(channel)
+    return bool(term and term["seq"] > seq and term["state"] == "pre_start")
+
+
+async def _in_state(dep: Deployment, term_id: str, state: str) -> dict[str, Any] | None:
+    rows = await dep.rows("SELECT * FROM crash_term WHERE term_id = :t", t=term_id)
+    return rows[0] if rows and rows[0]["state"] == state else None
+
+
+async def _jackpot_live(dep: Deployment, jackpot_id: str) -> bool:
+    status, _ = await dep.signed(dep.gateway_url, "reader", "GET", f"/jackpot/{jackpot_id}")
+    return status == 200
+
+
+class JackpotCounter:
+    """Counts JackpotContributed items on game.jackpot (the pipeline's contributions)."""
+
+    def __init__(self, dep: Deployment) -> None:
+        self.dep = dep
+        self.items = 0
+        self.task: asyncio.Task | None = None
+        self.consumer = None
+
+    async def start(self) -> None:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+        topic = self.dep.topic("game.jackpot")
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.dep.base.kafka_bootstrap, group_id=None,
+                                         enable_auto_commit=False)
+        await self.consumer.start()
+        tps = [TopicPartition(topic, p) for p in range(self.dep.base.partitions)]
+        self.consumer.assign(tps)
+        await self.consumer.seek_to_end(*tps)
+        for tp in tps:
+            await self.consumer.position(tp)
+        self.task = asyncio.create_task(self._count())
+
+    async def _count(self) -> None:
+        assert self.consumer is not None
+        while True:
+            for messages in (await self.consumer.getmany(timeout_ms=200)).values():
+                for m in messages:
+                    if b'"JackpotContributed"' in m.value:
+                        self.items += len(json.loads(m.value)["items"])
+
+    async def stop(self, linger_s: float = 5) -> int:
+        await asyncio.sleep(linger_s)          # the last batches' contributions
+        assert self.task is not None and self.consumer is not None
+        self.task.cancel()
+        await self.consumer.stop()
+        return self.items
+
+
+class TickFollower:
+    """Receive times of a channel's TermTick events (its game.term partition, read from its end)."""
+
+    def __init__(self, dep: Deployment, channel: str) -> None:
+        self.dep, self.channel = dep, channel
+        self.seen: list[tuple[float, int, str]] = []
+        self.task: asyncio.Task | None = None
+        self.consumer = None
+
+    async def start(self) -> None:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from aiokafka.partitioner import DefaultPartitioner
+        topic = self.dep.topic("game.term")
+        partitions = list(range(self.dep.base.partitions))
+        tp = TopicPartition(topic, DefaultPartitioner()(self.channel.encode(), partitions, partitions))
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.dep.base.kafka_bootstrap, group_id=None,
+                                         enable_auto_commit=False, fetch_max_wait_ms=5)
+        await self.consumer.start()
+        self.consumer.assign([tp])
+        await self.consumer.seek_to_end(tp)
+        await self.consumer.position(tp)
+        self.task = asyncio.create_task(self._follow())
+
+    async def _follow(self) -> None:
+        assert self.consumer is not None
+        async for m in self.consumer:
+            if b'"TermTick"' in m.value:
+                data = json.loads(m.value)
+                if data["channel_id"] == self.channel:
+                    self.seen.append((time.time() * 1000, data["ts"], data["term_id"]))
+
+    async def stop(self, term_id: str) -> list[tuple[float, int]]:
+        assert self.task is not None and self.consumer is not None
+        self.task.cancel()
+        await self.consumer.stop()
+        return [(recv, ts) for recv, ts, t in self.seen if t == term_id]
+
+
+__all__ += ["Proc"]
