@@ -21,7 +21,7 @@ from streams.topics import ALL_TOPICS
 
 def changelog_topics(settings: Settings) -> list[str]:
     """The changelog topic of every table, named as Faust names them for this app id."""
-    import tables  # noqa: F401  (declares the tables on the app)
+    import tables.state  # noqa: F401  (declares the tables on the app)
     from streams.app import app
     return [f"{settings.app_id}-{name}-changelog" for name in sorted(app.tables)]
 

@@ -1,4 +1,10 @@
-"""The Faust application: broker, RocksDB store, web port, all from streams.settings."""
+"""The Faust application: broker, RocksDB store, web port, all from streams.settings.
+
+Two kinds of process run it: `crash-worker` (every agent; its web server answers /metrics only)
+and `crash-ops` (the operator views, with a Faust app id of its own: no agent, no table, no part
+in the workers' consumer group). Faust's built-in /router, /table, /graph and statistics views are
+off in both: they would show players' bets and the live books to anyone.
+"""
 from __future__ import annotations
 
 import logging
@@ -9,11 +15,13 @@ from streams.settings import get_settings
 
 settings = get_settings()
 
+OPS = settings.process_role == "ops"
+
 app = faust.App(
-    settings.app_id,
+    f"{settings.app_id}-ops" if OPS else settings.app_id,
     broker=f"kafka://{settings.kafka_bootstrap}",
     store="rocksdb://",
-    datadir=settings.data_dir,
+    datadir=f"{settings.data_dir}-ops" if OPS else settings.data_dir,
     web_host=settings.web_host,
     web_bind=settings.web_host,
     web_port=settings.web_port,
@@ -29,15 +37,19 @@ app = faust.App(
     table_standby_replicas=1,
     stream_wait_empty=False,
     web_enabled=True,
+    web_router_enabled=False,
+    web_tables_enabled=False,
+    web_graph_enabled=False,
+    web_stats_enabled=False,
     logging_config=None,
 )
 
 
 def main() -> None:
-    """`crash-worker worker -l info`: one Faust worker with every agent and operator view."""
-    import agents  # noqa: F401  (registers the agents and timers)
-    import web.jackpot_views  # noqa: F401  (registers the jackpot operator views)
-    import web.operator_views  # noqa: F401  (registers the operator views)
+    """`crash-worker worker -l info`: one Faust worker with every agent (web: /metrics)."""
+    import agents
+    import web.metrics_view  # noqa: F401
 
+    agents.register()
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     app.main()

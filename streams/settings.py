@@ -87,6 +87,9 @@ class Settings:
     replication: int = field(default_factory=lambda: _env_int("CRASH_REPLICATION", 1))
     # Faust worker
     app_id: str = field(default_factory=lambda: _env("CRASH_APP_ID", "crash"))
+    # worker (the game's agents) | ops (the operator views, in a Faust process of their own, so
+    # that no operator request can slow the game's event loop; set by `crash-ops` itself).
+    process_role: str = field(default_factory=lambda: _env("CRASH_PROCESS_ROLE", "worker"))
     data_dir: str = field(default_factory=lambda: _env("CRASH_DATA_DIR", "var/demo/faust"))
     web_host: str = field(default_factory=lambda: _env("CRASH_WEB_HOST", "127.0.0.1"))
     web_port: int = field(default_factory=lambda: _env_int("CRASH_WEB_PORT", 6066))

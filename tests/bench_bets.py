@@ -126,7 +126,7 @@ async def main(n: int) -> None:
         await taking_bets(pipe, channel_id, window_left_ms=300_000)
         decisions, sunk = await pipeline_decisions(pipe, channel_id, n)
         gateway, (p50, p99) = await gateway_bets(pipe, channel_id, min(n, 5000))
-        async with pipe.http.get(f"{pipe.ops_url()}/metrics") as resp:
+        async with pipe.http.get(pipe.metrics_url()) as resp:
             batches = [line for line in (await resp.text()).splitlines()
                        if line.startswith(("crash_batch_seconds_sum", "crash_batch_seconds_count"))]
         print(json.dumps({

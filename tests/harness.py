@@ -213,12 +213,24 @@ class Pipeline:
 
         await wait_for(up, timeout, f"{url} to answer")
 
+    def start_ops(self) -> Process:
+        """The operator views' process (crash-ops)."""
+        port = self.worker_ports.setdefault(0, free_port())
+        proc = Process("ops", [str(BIN / "crash-ops"), "worker", "-l", "info"],
+                       {**self.env, "CRASH_WEB_PORT": str(port), "CRASH_DATA_DIR": str(self.tmp / "faust-ops")},
+                       self._log("ops"))
+        proc.start()
+        self.others["ops"] = proc
+        return proc
+
     async def start(self, workers: int = 1, gateway: bool = True) -> None:
         await self.open()
         for index in range(1, workers + 1):
             self.start_worker(index)
+        self.start_ops()
         for index in range(1, workers + 1):
-            await self.wait_http(f"http://127.0.0.1:{self.worker_ports[index]}/ops/channels")
+            await self.wait_http(f"http://127.0.0.1:{self.worker_ports[index]}/metrics")
+        await self.wait_http(f"{self.ops_url()}/ops/channels")
         if gateway:
             self.start_service("gateway", "crash-gateway")
             await self.wait_http(f"{self.gateway_url}/v1/health")
@@ -255,10 +267,13 @@ class Pipeline:
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.env['CRASH_GATEWAY_PORT']}"
 
-    def ops_url(self, index: int | None = None) -> str:
-        if index is None:
-            index = next(i for i, p in self.workers.items() if p.alive)
-        return f"http://127.0.0.1:{self.worker_ports[index]}"
+    def ops_url(self) -> str:
+        """The operator views (crash-ops)."""
+        return f"http://127.0.0.1:{self.worker_ports[0]}"
+
+    def metrics_url(self, index: int = 1) -> str:
+        """A worker's web server: /metrics only."""
+        return f"http://127.0.0.1:{self.worker_ports[index]}/metrics"
 
     # ---------------------------------------------------------- HTTP
 
@@ -288,7 +303,9 @@ class Pipeline:
         assert status == 202, (status, body)
 
         async def recorded() -> bool:
-            return bool(await self.rows("SELECT 1 FROM channel WHERE channel_id = :c", c=channel_id))
+            # config_version 0 is the row the creating view writes; 1 is the pipeline's creation.
+            return bool(await self.rows("SELECT 1 FROM channel WHERE channel_id = :c AND config_version > 0",
+                                        c=channel_id))
         await wait_for(recorded, 60, f"channel {channel_id} in MySQL")
         return channel_id
 

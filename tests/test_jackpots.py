@@ -205,8 +205,7 @@ async def test_bets_on_two_channels_and_rest_contributions_reconcile_exactly(pip
         rows = await contributions(pipe, j)
         assert len(rows) == expected_rows[j] == len({r["contribution_key"] for r in rows})
         assert sum(r["amount_micro"] for r in rows) == expected_micro[j] - seeds[j] * MICRO
-        view = await jackpot_view(pipe, j)
-        assert view["value"] == expected_micro[j] // MICRO, (j, view)
+        await wait_for(lambda j=j: _value_is(pipe, j, expected_micro[j] // MICRO), 30, f"the view of {j}")
     result = await reconcile_cli(pipe)
     assert result.returncode == 0, result.stdout
     for j in rates:
@@ -237,8 +236,9 @@ async def test_must_hit_by_hits_at_the_committed_value_and_the_overflow_carries(
     status, body = await contribute(pipe, jackpot_id, 100 + 37, playerId="lucky")
     assert status == 200 and body["award"]["amount"] == hit_value, body
     overflow = value + 137 - hit_value
-    second = await wait_for(lambda: jackpot_view(pipe, jackpot_id), 30, "the view")
-    assert second["cycle"] == 2 and second["value"] == 1_000 + overflow and second["commitment"] != first["commitment"]
+    # The view follows the pool's committed state (written right after the answer).
+    second = await wait_for(lambda: _cycle_is(pipe, jackpot_id, 2), 30, "the view of cycle 2")
+    assert second["value"] == 1_000 + overflow and second["commitment"] != first["commitment"]
     [hit] = await hit_events(pipe, jackpot_id)
     assert (hit.hit_value, hit.nonce, hit.commitment, hit.amount, hit.user_id) == (
         hit_value, nonce, first["commitment"], hit_value, "lucky")
@@ -376,6 +376,7 @@ async def test_a_change_applies_at_the_next_reset_and_a_paused_pool_refuses_and_
     status, body = await pipe.signed(pipe.gateway_url, "operator", "POST", f"/jackpot/{jackpot_id}/award",
                                      {"playerId": "winner", "jackpotId": jackpot_id}, headers={"Idempotency-Key": "r1"})
     assert status == 200 and body["award"]["amount"] == 1_100 and body["value"] == 3_000, body
+    await wait_for(lambda: _cycle_is(pipe, jackpot_id, 2), 30, "the reset")
     await place(pipe, channel_id, "u2", 10_000)                      # the new rate: 1000 bps -> 1000
     await wait_for(lambda: _value_is(pipe, jackpot_id, 4_000), 30, "the new rate applied")
 
@@ -398,6 +399,11 @@ async def test_a_change_applies_at_the_next_reset_and_a_paused_pool_refuses_and_
 async def _value_is(pipe, jackpot_id: str, value: int):
     view = await jackpot_view(pipe, jackpot_id)
     return view if view and view["value"] == value else None
+
+
+async def _cycle_is(pipe, jackpot_id: str, cycle: int):
+    view = await jackpot_view(pipe, jackpot_id)
+    return view if view and view["cycle"] == cycle else None
 
 
 async def _status_is(pipe, jackpot_id: str, status: str):

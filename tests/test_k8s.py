@@ -39,7 +39,8 @@ EXTERNAL_METRICS = {
 # The processes whose own web server answers a probe: the source files that define the routes
 # (prometheus-client's start_http_server answers /metrics, on any path in fact).
 ROUTES_OF = {
-    "crash-worker": ("web/operator_views.py",),
+    "crash-worker": ("web/metrics_view.py",),
+    "crash-ops": ("web/operator_views.py", "web/jackpot_views.py", "web/metrics_view.py"),
     "crash-gateway": ("web/gateway.py",),
     "crash-wallet": ("web/wallet.py",),
     "crash-payout": ("agents/payout_adapter.py",),
@@ -447,7 +448,8 @@ def test_only_workers_and_migrations_see_the_secret_chain_store():
             refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in container.get("env") or []
                     if "secretKeyRef" in (e.get("valueFrom") or {})}
             if "crash-chain-db" in refs:
-                assert obj["metadata"]["name"] in ("crash-worker", "crash-migrate"), file
+                # crash-ops: creating a channel generates and stores its chain.
+                assert obj["metadata"]["name"] in ("crash-worker", "crash-ops", "crash-migrate"), file
 
 
 def test_pods_are_hardened_and_sized():
@@ -498,7 +500,11 @@ def test_worker_statefulset_matches_the_partitioning_and_faust_settings():
     assert 1 <= spec["replicas"] <= int(config["CRASH_PARTITIONS"])
     assert container["command"] == ["crash-worker", "worker", "-l", "info"]
     assert {p["name"]: p["containerPort"] for p in container["ports"]}["web"] == int(config["CRASH_WEB_PORT"])
-    assert container["readinessProbe"]["httpGet"]["path"] == "/ops/channels"
+    # The workers serve no operator view (crash-ops does): nothing a person asks for shares their loop.
+    assert container["readinessProbe"]["httpGet"]["path"] == "/metrics"
+    ops = the("Deployment", "crash-ops")["spec"]["template"]["spec"]["containers"][0]
+    assert ops["command"] == ["crash-ops", "worker", "-l", "info"]
+    assert ops["readinessProbe"]["httpGet"]["path"] == "/ops/channels"
     # RocksDB state on the claim: CRASH_DATA_DIR lies under the claim's mount.
     claims = {t["metadata"]["name"] for t in spec["volumeClaimTemplates"]}
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}

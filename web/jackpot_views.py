@@ -4,6 +4,7 @@
     POST /ops/jackpots                       create {definition}: the channels of its scope feed it
     GET  /ops/jackpots/rules                 the public jackpot rules
     GET  /ops/jackpots/{id}                  definition, pending change, cycles, awards, reconciliations
+                                             (winners' player ids and payouts only to a signed reader or admin)
     POST /ops/jackpots/{id}/config           change parameters from the next reset (partial definition)
     POST /ops/jackpots/{id}/status           {status: active|paused|audit, reason}
     POST /ops/jackpots/{id}/feeds            {channel_id, feed: true|false}: a channel starts or stops feeding it
@@ -31,7 +32,7 @@ from streams.jackpot_events import ConfigureJackpot, ReconcileJackpot, SetJackpo
 from streams.jackpot_verify import verify_jackpot
 from streams.topics import command_topic, jackpot_command_topic
 from web.jackpot_api import RULES
-from web.operator_views import admin_body, app, db, fetch_all, problem
+from web.operator_views import READ_ROLES, admin_body, app, db, fetch_all, problem, signed_caller
 
 __all__ = ["channels_in_scope"]
 
@@ -143,8 +144,17 @@ class JackpotView(web.View):
             "SELECT w.*, o.status AS payout_status FROM jackpot_award_winner w LEFT JOIN payout_outbox o"
             " ON o.order_no = w.order_no WHERE w.jackpot_id = :j ORDER BY w.ts DESC, w.rank_no LIMIT 100",
             j=jackpot_id)
+        signed = "X-Key-Id" in request.headers
+        if signed:
+            _, error = await signed_caller(request, READ_ROLES)
+            if error is not None:
+                return error
         for award in awards:
             award["winners"] = [w for w in winners if w["award_id"] == award["award_id"]]
+            if not signed:      # anonymous: the results, not who won them
+                award["user_id"] = award["bet_id"] = None
+                award["winners"] = [{"rank_no": w["rank_no"], "bonus_amount": w["bonus_amount"],
+                                     "multiple_x100": w["multiple_x100"]} for w in award["winners"]]
         row["awards"] = awards
         row["compensations"] = await fetch_all(
             "SELECT * FROM jackpot_compensation WHERE jackpot_id = :j ORDER BY requested_at DESC", j=jackpot_id)

@@ -1,20 +1,22 @@
-"""Operator views, served by every Faust worker (DESIGN section 1: channel config, manual
-start/abort, term history, fairness proofs, payout outbox).
+"""Operator views, served by `crash-ops` (web/ops.py: a Faust process of its own, never a game
+worker) (DESIGN section 1: channel config, manual start/abort, term history, fairness proofs,
+payout outbox).
 
-Reads (GET) are open: they show only published data (configs, revealed hashes, history).
-Writes (POST) need an HMAC-signed request (web.signing) from a key with the admin role.
+Public reads (GET) are open: they show only published data (configs, revealed hashes, results
+without player ids). Operational reads (the payout outbox: players and amounts) need a signed
+request from a `reader` or `admin` key; writes (POST) a key with the admin role (web.signing).
 Commands go to game.command, so any worker can take them; their effect shows in the
 term views (the definitive answers to players go through the gateway instead).
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
 
 from aiohttp import web as aioweb
 from faust import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from ulid import ULID
 
@@ -28,7 +30,7 @@ from streams.events import AbortTerm, ConfigureChannel, StartTerm
 from streams.topics import command_topic
 from streams.verify import verify_channel
 from tables.chain_store import chain_store
-from web.signing import RedisNonceStore, SignatureError, Verifier
+from web.signing import Caller, NonceStoreUnavailable, RedisNonceStore, SignatureError, Verifier
 
 _engine = None
 _verifier: Verifier | None = None
@@ -60,20 +62,35 @@ def problem(status: int, error: str, reason: str) -> aioweb.Response:
     return aioweb.json_response({"error": error, "reason": reason}, status=status)
 
 
+READ_ROLES = ("reader", "admin")
+
+
+async def signed_caller(request, roles: tuple[str, ...], raw: bytes = b"") -> tuple[Caller | None,
+                                                                                   aioweb.Response | None]:
+    """(caller, None) for a request signed by a key of one of `roles`, else (None, error response)."""
+    try:
+        caller = await verifier().verify(request.method, request.path_qs, request.headers, raw)
+    except SignatureError as error:
+        return None, problem(401, "unauthorized", str(error))
+    except NonceStoreUnavailable as error:
+        return None, problem(503, "unavailable", str(error))
+    if caller.role not in roles:
+        return None, problem(403, "forbidden", f"this needs the role {' or '.join(roles)}")
+    return caller, None
+
+
 async def admin_body(request) -> tuple[dict[str, Any] | None, aioweb.Response | None]:
     """(JSON body, None) for a request signed by an admin key, else (None, error response)."""
     raw = await request.read()
     if len(raw) > 64 * 1024:
         return None, problem(413, "too_large", "body over 64 KiB")
-    try:
-        caller = await verifier().verify(request.method, request.path_qs, request.headers, raw)
-    except SignatureError as error:
-        return None, problem(401, "unauthorized", str(error))
-    if caller.role != "admin":
-        return None, problem(403, "forbidden", "operator commands need the admin role")
+    caller, error = await signed_caller(request, ("admin",), raw)
+    if error is not None:
+        return None, error
+    assert caller is not None
     try:
         body = json.loads(raw) if raw else {}
-    except json.JSONDecodeError:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None, problem(400, "bad_request", "body is not JSON")
     if not isinstance(body, dict):
         return None, problem(400, "bad_request", "body must be a JSON object")
@@ -279,22 +296,39 @@ class TermView(web.View):
         return self.json(term)
 
 
+# One fairness verification at a time per process (a term can need up to a chain checkpoint's
+# worth of hashes): a flood of them queues here, bounded, instead of taking the CPU.
+_verifying = asyncio.Semaphore(1)
+VERIFY_WAIT_S = 10.0
+
+
 @app.page("/ops/verify")
 class VerifyView(web.View):
     async def get(self, request):
         """Fairness proof check of a channel (?channel=) or one term (&term=)."""
         channel_id = request.query.get("channel")
-        if not channel_id:
-            return problem(400, "bad_request", "?channel= is required")
-        report = await verify_channel(db(), channel_id, request.query.get("term"))
+        if not ids.is_name(channel_id):
+            return problem(400, "bad_request", f"?channel= is required and must match {ids.NAME.pattern}")
+        try:
+            await asyncio.wait_for(_verifying.acquire(), VERIFY_WAIT_S)
+        except TimeoutError:
+            return aioweb.json_response({"error": "busy", "reason": "verifications are queued; retry later"},
+                                        status=503, headers={"Retry-After": "5"})
+        try:
+            report = await verify_channel(db(), channel_id, request.query.get("term"))
+        finally:
+            _verifying.release()
         return self.json(report)
 
 
 @app.page("/ops/payouts")
 class PayoutsView(web.View):
     async def get(self, request):
-        """The payout outbox: ?status=failed (ready, sent, acked, failed) &limit="""
+        """The payout outbox (players and amounts: reader or admin): ?status=failed &limit="""
         from agents.payout_adapter import list_payouts
+        _, error = await signed_caller(request, READ_ROLES)
+        if error is not None:
+            return error
         try:
             limit = int(request.query.get("limit", "100"))
             rows = await list_payouts(db(), request.query.get("status"), limit)
@@ -318,7 +352,3 @@ class PayoutRetryView(web.View):
         return self.json({"order_no": order_no, "status": "ready"}, status=202)
 
 
-@app.page("/metrics")
-class Metrics(web.View):
-    async def get(self, request):
-        return aioweb.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
