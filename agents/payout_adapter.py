@@ -495,15 +495,19 @@ _LIST_COLUMNS = ("id, order_no, kind, channel_id, term_id, bet_id, user_id, curr
                  " retry_count, next_at, leased_until, last_error, receipt, created_at, updated_at")
 
 
-async def list_payouts(engine: AsyncEngine, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-    """Newest outbox rows first, optionally of one status (ready|sent|acked|failed)."""
+async def list_payouts(engine: AsyncEngine, status: str | None = None, limit: int = 100,
+                       operator_group: str = "") -> list[dict[str, Any]]:
+    """Newest outbox rows first, optionally of one status (ready|sent|acked|failed|cancelled) and
+    of the channels of one operator group."""
     if status is not None and status not in STATUSES:
         raise ValueError(f"status must be one of {', '.join(STATUSES)}")
     limit = max(1, min(int(limit), 1000))
-    where = "WHERE status = :status " if status is not None else ""
+    conditions = (["status = :status"] if status is not None else []) + (
+        ["channel_id IN (SELECT channel_id FROM channel WHERE operator_group = :group)"] if operator_group else [])
+    where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
     query = text(f"SELECT {_LIST_COLUMNS} FROM payout_outbox {where}ORDER BY id DESC LIMIT :limit")
     async with engine.connect() as conn:
-        rows = await conn.execute(query, {"status": status, "limit": limit})
+        rows = await conn.execute(query, {"status": status, "limit": limit, "group": operator_group})
         return [{**row._mapping, "meta": _json_value(row.meta), "receipt": _json_value(row.receipt)}
                 for row in rows]
 

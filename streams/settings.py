@@ -68,7 +68,8 @@ def _secret(name: str, dev_default: str, parse=None, optional: bool = False):
 
 
 def _parse_keys(spec: str) -> dict[str, tuple[str, str]]:
-    """`key_id:secret:role,...` -> {key_id: (secret, role)}."""
+    """`key_id:secret:role,...` -> {key_id: (secret, role)}; `role@group` makes a key of one
+    operator group (it acts only on that group's channels and data)."""
     keys: dict[str, tuple[str, str]] = {}
     for item in filter(None, (part.strip() for part in spec.split(","))):
         key_id, secret, role = item.split(":", 2)
@@ -132,6 +133,8 @@ class Settings:
     payout_http_timeout_ms: int = field(default_factory=lambda: _env_int("CRASH_PAYOUT_HTTP_TIMEOUT_MS", 3000))
     payout_poll_ms: int = field(default_factory=lambda: _env_int("CRASH_PAYOUT_POLL_MS", 200))
     payout_metrics_port: int = field(default_factory=lambda: _env_int("CRASH_PAYOUT_METRICS_PORT", 9101))
+    # The sink's own process (crash-sink): its Prometheus port (0 = none).
+    sink_metrics_port: int = field(default_factory=lambda: _env_int("CRASH_SINK_METRICS_PORT", 9102))
     # Player page and push gateway (DESIGN section 15). The session secret signs the players'
     # session tokens (web/sessions.py); the bet API issues them, the push gateway checks them.
     push_host: str = field(default_factory=lambda: _env("CRASH_PUSH_HOST", "127.0.0.1"))

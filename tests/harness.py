@@ -227,6 +227,7 @@ class Pipeline:
         await self.open()
         for index in range(1, workers + 1):
             self.start_worker(index)
+        self.start_sink()
         self.start_ops()
         for index in range(1, workers + 1):
             await self.wait_http(f"http://127.0.0.1:{self.worker_ports[index]}/metrics")
@@ -234,6 +235,10 @@ class Pipeline:
         if gateway:
             self.start_service("gateway", "crash-gateway")
             await self.wait_http(f"{self.gateway_url}/v1/health")
+
+    def start_sink(self, name: str = "sink") -> Process:
+        """The sink's own process (crash-sink): events into this pipeline's MySQL."""
+        return self.start_service(name, "crash-sink", {"CRASH_SINK_METRICS_PORT": "0"})
 
     async def start_wallet(self) -> None:
         self.start_service("wallet", "crash-wallet")
@@ -264,6 +269,12 @@ class Pipeline:
                          for p in [*self.workers.values(), *self.others.values()])
 
     @property
+    def api_keys(self) -> dict[str, tuple[str, str]]:
+        """The keys this pipeline's processes accept (a test may give it keys of its own)."""
+        from streams.settings import _parse_keys
+        return _parse_keys(self.env["CRASH_API_KEYS"])
+
+    @property
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.env['CRASH_GATEWAY_PORT']}"
 
@@ -281,7 +292,7 @@ class Pipeline:
                      body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
         assert self.http is not None
         raw = json.dumps(body).encode() if body is not None else b""
-        headers = {**sign_headers(key_id, self.base.api_keys[key_id][0], method, path, raw), **(headers or {})}
+        headers = {**sign_headers(key_id, self.api_keys[key_id][0], method, path, raw), **(headers or {})}
         headers["Content-Type"] = "application/json"
         async with self.http.request(method, base_url + path, data=raw, headers=headers,
                                      timeout=aiohttp.ClientTimeout(total=30)) as resp:

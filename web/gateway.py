@@ -148,14 +148,25 @@ def _count_refusal(request: web.Request, status: int) -> None:
 
 
 async def signed_json(request: web.Request, roles: tuple[str, ...] = ("game", "admin")) -> dict[str, Any]:
-    _, body = await read_signed_json(request, request.app[KEY_GATEWAY].verifier, roles, MAX_BODY)
+    caller, body = await read_signed_json(request, request.app[KEY_GATEWAY].verifier, roles, MAX_BODY)
+    request["caller"] = caller
     return body
+
+
+def scoped_config(gateway: Gateway, request: web.Request, channel_id: str) -> dict[str, Any]:
+    """The channel's config, if the signed caller's key may act on it (its operator group)."""
+    config = gateway.channel_config(channel_id)
+    caller = request.get("caller")
+    if caller is not None and not caller.may_act_on(config["operator_group"]):
+        raise BadRequest(403, "forbidden", f"key {caller.key_id} acts only on channels of operator group "
+                                           f"{caller.group}")
+    return config
 
 
 def place_command(gateway: Gateway, request: web.Request, body: dict[str, Any], debited: bool = False) -> PlaceBet:
     """Check a place request's shape against the channel; the limits are the pipeline's."""
     channel_id = str_field(body, "channel_id", ids.NAME)
-    config = gateway.channel_config(channel_id)
+    config = scoped_config(gateway, request, channel_id)
     api_order_no = str_field(body, "api_order_no", ids.REFERENCE)
     user_id = str_field(body, "user_id", ids.REFERENCE)
     amount = int_field(body, "amount")
@@ -215,7 +226,7 @@ async def _bet_command(request: web.Request, kind: type[Command], op: str) -> we
     # user owns the bet.
     body = await signed_json(request, roles=("game", "player", "admin"))
     channel_id = request.match_info["channel_id"]
-    gateway.channel_config(channel_id)
+    scoped_config(gateway, request, channel_id)
     api_order_no = request.match_info["api_order_no"]
     if not ids.is_reference(api_order_no):
         raise BadRequest(400, "bad_request", f"api_order_no must match {ids.REFERENCE.pattern}")
@@ -236,6 +247,7 @@ async def read_bet(request: web.Request) -> web.Response:
     gateway: Gateway = request.app[KEY_GATEWAY]
     await signed_json(request, roles=("game", "admin", "reader"))
     channel_id, api_order_no = request.match_info["channel_id"], request.match_info["api_order_no"]
+    scoped_config(gateway, request, channel_id)
     async with gateway.db.connect() as conn:
         row = (await conn.execute(text("SELECT * FROM bet WHERE channel_id = :c AND api_order_no = :o"),
                                   {"c": channel_id, "o": api_order_no})).first()

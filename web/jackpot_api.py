@@ -22,7 +22,7 @@ from prometheus_client import Histogram
 from sqlalchemy import text
 from ulid import ULID
 
-from streams import ids, jackpots
+from streams import audit, ids, jackpots
 from streams.events import JackpotReply
 from streams.jackpot_events import AwardJackpot, ContributeRest, RollbackAward
 from streams.topics import JACKPOT_COMMAND
@@ -90,11 +90,21 @@ class JackpotApi:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
 
-    async def _view(self, jackpot_id: str) -> dict[str, Any]:
+    async def _view(self, jackpot_id: str, caller=None, writes: bool = False) -> dict[str, Any]:
+        """The jackpot's view, if the caller's key may use it: a key of an operator group reads and
+        feeds that group's jackpots and the mega ones, and awards or rolls back only its own."""
         raw = await self.gateway.redis.get(jackpots.view_key(jackpot_id))
         if raw is None:
             raise BadRequest(404, "unknown_jackpot", f"no jackpot {jackpot_id}")
-        return json.loads(raw)
+        view = json.loads(raw)
+        if caller is not None and caller.group:
+            group = view["operator_group"] if view["tier"] == "shared" else (
+                self.gateway.channels.get(view["channel_id"], {}).get("operator_group") if view["tier"] == "local"
+                else None)
+            if group != caller.group and (writes or group is not None):
+                raise BadRequest(403, "forbidden", f"key {caller.key_id} acts only on jackpots of operator group "
+                                                   f"{caller.group}")
+        return view
 
     def _command_fields(self, request: web.Request, jackpot_id: str) -> dict[str, Any]:
         command_id = str(ULID())
@@ -111,12 +121,12 @@ class JackpotApi:
 
     async def read(self, request: web.Request) -> web.Response:
         jackpot_id = _jackpot_id(request)
-        await read_signed_json(request, self.gateway.verifier, READ_ROLES, MAX_BODY)
-        return web.json_response(await self._view(jackpot_id))
+        caller, _ = await read_signed_json(request, self.gateway.verifier, READ_ROLES, MAX_BODY)
+        return web.json_response(await self._view(jackpot_id, caller))
 
     async def contribute(self, request: web.Request) -> web.Response:
         jackpot_id = _jackpot_id(request)
-        _, body = await read_signed_json(request, self.gateway.verifier, WRITE_ROLES, MAX_BODY)
+        caller, body = await read_signed_json(request, self.gateway.verifier, WRITE_ROLES, MAX_BODY)
         contribution_id = str_field(body, "contributionId", ids.REFERENCE)
         game_id = str_field(body, "gameId", ids.NAME)
         amount = int_field(body, "amount")
@@ -127,7 +137,7 @@ class JackpotApi:
             raise BadRequest(400, "bad_request", "currency must be three capital letters")
         player_id = str_field(body, "playerId", ids.REFERENCE, required=False) or ""
         session_id = str_field(body, "sessionId", ids.REFERENCE, required=False) or ""
-        view = await self._view(jackpot_id)
+        view = await self._view(jackpot_id, caller)
         if currency != view["currency"]:
             raise BadRequest(400, "wrong_currency", f"jackpot {jackpot_id} is in {view['currency']}")
         if view["trigger"] == "must_hit_by" and not player_id:
@@ -149,11 +159,13 @@ class JackpotApi:
             raise BadRequest(400, "bad_request", "jackpotId in the body is not the jackpot of the path")
         player_id = str_field(body, "playerId", ids.REFERENCE)
         session_id = str_field(body, "sessionId", ids.REFERENCE, required=False) or ""
-        view = await self._view(jackpot_id)
+        view = await self._view(jackpot_id, caller, writes=True)
         if view["trigger"] != "external":
             raise BadRequest(409, "not_external", f"jackpot {jackpot_id} hits by itself (must_hit_by)")
         command = AwardJackpot(**self._command_fields(request, jackpot_id), idempotency_key=key,
                                player_id=player_id, session_id=session_id, caller=caller.key_id)
+        await audit.append(caller.key_id, caller.key_id, "jackpot.award",
+                           audit.request_summary(request, body, idempotency_key=key), target=jackpot_id)
         return self._answer(await self._decide(command, "award"))
 
     async def rollback(self, request: web.Request) -> web.Response:
@@ -164,9 +176,11 @@ class JackpotApi:
         reason = body.get("reason", "")
         if not isinstance(reason, str) or not 1 <= len(reason) <= 255:
             raise BadRequest(400, "bad_request", "reason must be a string of 1 to 255 characters")
-        view = await self._view(jackpot_id)
+        view = await self._view(jackpot_id, caller, writes=True)
         if view["status"] != "audit":
             raise BadRequest(409, "not_in_audit", "a rollback needs the jackpot in audit mode")
+        await audit.append(caller.key_id, caller.key_id, "jackpot.rollback", audit.request_summary(request, body),
+                           target=award_id)
         amount = await self._cancel_payouts(jackpot_id, award_id, caller.key_id, reason)
         command = RollbackAward(**self._command_fields(request, jackpot_id), award_id=award_id, amount=amount,
                                 operator=caller.key_id, reason=reason)

@@ -25,14 +25,14 @@ from faust import web
 from sqlalchemy import text
 from ulid import ULID
 
-from streams import ids, jackpots
+from streams import audit, ids, jackpots
 from streams.codec import encode
 from streams.events import FeedJackpot
 from streams.jackpot_events import ConfigureJackpot, ReconcileJackpot, SetJackpotStatus
 from streams.jackpot_verify import verify_jackpot
 from streams.topics import command_topic, jackpot_command_topic
 from web.jackpot_api import RULES
-from web.operator_views import READ_ROLES, admin_body, app, db, fetch_all, problem, signed_caller
+from web.operator_views import READ_ROLES, admin_body, app, db, fetch_all, out_of_scope, problem, signed_caller
 
 __all__ = ["channels_in_scope"]
 
@@ -74,6 +74,25 @@ async def _register(definition: dict[str, Any]) -> bool:
     return row.version == 0 and json.loads(row.definition) == definition
 
 
+async def group_of(definition: dict[str, Any]) -> str | None:
+    """The operator group a jackpot belongs to (None: a mega jackpot, of every group)."""
+    if definition["tier"] == "shared":
+        return definition["operator_group"]
+    if definition["tier"] == "local":
+        rows = await fetch_all("SELECT operator_group FROM channel WHERE channel_id = :c", c=definition["channel_id"])
+        return rows[0]["operator_group"] if rows else None
+    return None
+
+
+async def _scoped_row(body: dict[str, Any], jackpot_id: str):
+    """(jackpot row, None), or (None, 404 / 403 answer) for the admin's key."""
+    row = await _jackpot_row(jackpot_id)
+    if row is None:
+        return None, problem(404, "not_found", f"no jackpot {jackpot_id}")
+    refused = out_of_scope(body, await group_of(row["definition"]))
+    return (None, refused) if refused is not None else (row, None)
+
+
 async def channels_in_scope(definition: dict[str, Any]) -> list[str]:
     """The channels whose bets feed a jackpot of this definition (from MySQL's channel table)."""
     rows = await fetch_all("SELECT channel_id, operator_group FROM channel ORDER BY channel_id")
@@ -107,6 +126,10 @@ class Jackpots(web.View):
         except jackpots.DefinitionError as exc:
             return problem(400, "bad_definition", str(exc))
         jackpot_id = definition["jackpot_id"]
+        if (refused := out_of_scope(body, await group_of(definition))) is not None:
+            return refused
+        await audit.append(body["_operator"], body["_operator"], "jackpot.create",
+                           audit.request_summary(request, body), target=jackpot_id)
         # The row is written before the command (version 0, "being created"), so that a channel
         # created right after it already feeds it; the pool's JackpotConfigured replaces it.
         if not await _register(definition):
@@ -146,9 +169,12 @@ class JackpotView(web.View):
             j=jackpot_id)
         signed = "X-Key-Id" in request.headers
         if signed:
-            _, error = await signed_caller(request, READ_ROLES)
+            caller, error = await signed_caller(request, READ_ROLES)
             if error is not None:
                 return error
+            assert caller is not None
+            group = await group_of(row["definition"])
+            signed = not caller.group or caller.group == group     # another group's winners stay hidden
         for award in awards:
             award["winners"] = [w for w in winners if w["award_id"] == award["award_id"]]
             if not signed:      # anonymous: the results, not who won them
@@ -170,9 +196,9 @@ class JackpotConfig(web.View):
         body, error = await admin_body(request)
         if error:
             return error
-        row = await _jackpot_row(jackpot_id)
-        if row is None:
-            return problem(404, "not_found", f"no jackpot {jackpot_id}")
+        row, error = await _scoped_row(body, jackpot_id)
+        if error:
+            return error
         changes = {k: v for k, v in body.items() if not k.startswith("_")}
         not_changeable = set(changes) - set(jackpots.CHANGEABLE)
         if not_changeable:
@@ -181,6 +207,8 @@ class JackpotConfig(web.View):
             definition = jackpots.validate(changes, row["pending"] or row["definition"])
         except jackpots.DefinitionError as exc:
             return problem(400, "bad_definition", str(exc))
+        await audit.append(body["_operator"], body["_operator"], "jackpot.config",
+                           audit.request_summary(request, body), target=jackpot_id)
         await _send(ConfigureJackpot(event_id=str(ULID()), channel_id="", ts=_now(), jackpot_id=jackpot_id,
                                      definition=definition, operator=body["_operator"]))
         return self.json({"jackpot_id": jackpot_id, "pending": definition, "applies": "from the next reset"},
@@ -198,8 +226,11 @@ class JackpotStatus(web.View):
             return problem(400, "bad_request", f"status must be one of {', '.join(jackpots.STATUSES)}")
         if not isinstance(reason, str) or len(reason) > 255:
             return problem(400, "bad_request", "reason must be a string of at most 255 characters")
-        if await _jackpot_row(jackpot_id) is None:
-            return problem(404, "not_found", f"no jackpot {jackpot_id}")
+        _, error = await _scoped_row(body, jackpot_id)
+        if error:
+            return error
+        await audit.append(body["_operator"], body["_operator"], f"jackpot.{status}",
+                           audit.request_summary(request, body), target=jackpot_id)
         await _send(SetJackpotStatus(event_id=str(ULID()), channel_id="", ts=_now(), jackpot_id=jackpot_id,
                                      status=status, operator=body["_operator"], reason=reason))
         return self.json({"jackpot_id": jackpot_id, "status": status}, status=202)
@@ -212,14 +243,16 @@ class JackpotFeeds(web.View):
         body, error = await admin_body(request)
         if error:
             return error
-        row = await _jackpot_row(jackpot_id)
-        if row is None:
-            return problem(404, "not_found", f"no jackpot {jackpot_id}")
+        row, error = await _scoped_row(body, jackpot_id)
+        if error:
+            return error
         channel_id, feed = body.get("channel_id"), body.get("feed", True)
         if not isinstance(feed, bool):
             return problem(400, "bad_request", "feed must be true or false")
         if channel_id not in await channels_in_scope(row["definition"]):
             return problem(400, "out_of_scope", f"channel {channel_id} is not in the scope of jackpot {jackpot_id}")
+        await audit.append(body["_operator"], body["_operator"], "jackpot.feed", audit.request_summary(request, body),
+                           target=jackpot_id)
         await command_topic.send(key=channel_id.encode(), value=encode(FeedJackpot(
             event_id=str(ULID()), channel_id=channel_id, ts=_now(), jackpot_id=jackpot_id, feed=feed,
             operator=body["_operator"])))
@@ -238,11 +271,12 @@ class JackpotVerify(web.View):
 @app.page("/ops/jackpots/{jackpot_id}/reconcile")
 class JackpotReconcile(web.View):
     async def post(self, request, jackpot_id: str):
-        _, error = await admin_body(request)
+        body, error = await admin_body(request)
         if error:
             return error
-        if await _jackpot_row(jackpot_id) is None:
-            return problem(404, "not_found", f"no jackpot {jackpot_id}")
+        _, error = await _scoped_row(body, jackpot_id)
+        if error:
+            return error
         request_id = f"ops-{ULID()}"
         await _send(ReconcileJackpot(event_id=f"{jackpot_id}.reconcile.{request_id}", channel_id="", ts=_now(),
                                      jackpot_id=jackpot_id, request_id=request_id))

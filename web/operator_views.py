@@ -95,7 +95,17 @@ async def admin_body(request) -> tuple[dict[str, Any] | None, aioweb.Response | 
     if not isinstance(body, dict):
         return None, problem(400, "bad_request", "body must be a JSON object")
     body["_operator"] = caller.key_id
+    body["_group"] = caller.group
     return body, None
+
+
+def out_of_scope(body: dict[str, Any], operator_group: str | None) -> aioweb.Response | None:
+    """403 unless the admin's key may act on this operator group ("" keys: every group; None:
+    something of no single group, such as a mega jackpot, for "" keys only)."""
+    group = body.get("_group", "")
+    if not group or group == operator_group:
+        return None
+    return problem(403, "forbidden", f"key {body['_operator']} acts only on operator group {group}")
 
 
 def now_ms() -> int:
@@ -164,6 +174,8 @@ class Channels(web.View):
             config = validate(changes)
         except ConfigError as exc:
             return problem(400, "bad_config", str(exc))
+        if (refused := out_of_scope(body, config["operator_group"])) is not None:
+            return refused
         # The secret store is written before the command is sent, so it knows a channel whose
         # creation the sink has not recorded yet.
         if await channel_row(channel_id) is not None or await chain_store().exists(channel_id, 1):
@@ -213,6 +225,8 @@ class ChannelConfig(web.View):
             config = validate(changes, row["config"])
         except ConfigError as exc:
             return problem(400, "bad_config", str(exc))
+        if (refused := out_of_scope(body, row["operator_group"]) or out_of_scope(body, config["operator_group"])):
+            return refused
         await audit.append(body["_operator"], body["_operator"], "channel.config",
                            audit.request_summary(request, body), target=channel_id)
         command = ConfigureChannel(event_id=str(ULID()), channel_id=channel_id, ts=now_ms(),
@@ -227,8 +241,11 @@ async def channel_command(view: web.View, request, channel_id: str, make) -> aio
     body, error = await admin_body(request)
     if error:
         return error
-    if await channel_row(channel_id) is None:
+    row = await channel_row(channel_id)
+    if row is None:
         return problem(404, "not_found", f"no channel {channel_id}")
+    if (refused := out_of_scope(body, row["operator_group"])) is not None:
+        return refused
     command = make(body, now_ms())
     if isinstance(command, aioweb.Response):
         return command
@@ -326,12 +343,13 @@ class PayoutsView(web.View):
     async def get(self, request):
         """The payout outbox (players and amounts: reader or admin): ?status=failed &limit="""
         from agents.payout_adapter import list_payouts
-        _, error = await signed_caller(request, READ_ROLES)
+        caller, error = await signed_caller(request, READ_ROLES)
         if error is not None:
             return error
+        assert caller is not None
         try:
             limit = int(request.query.get("limit", "100"))
-            rows = await list_payouts(db(), request.query.get("status"), limit)
+            rows = await list_payouts(db(), request.query.get("status"), limit, operator_group=caller.group)
         except ValueError as error:
             return problem(400, "bad_request", str(error))
         return self.json({"payouts": rows})
@@ -345,6 +363,11 @@ class PayoutRetryView(web.View):
         body, error = await admin_body(request)
         if error:
             return error
+        if body["_group"]:
+            owners = await fetch_all("SELECT c.operator_group FROM payout_outbox o JOIN channel c"
+                                     " ON c.channel_id = o.channel_id WHERE o.order_no = :o", o=order_no)
+            if (refused := out_of_scope(body, owners[0]["operator_group"] if owners else None)) is not None:
+                return refused
         await audit.append(body["_operator"], body["_operator"], "payout.retry", audit.request_summary(request, body),
                            target=order_no)
         if not await retry_payout(db(), order_no):

@@ -164,10 +164,17 @@ class SignatureError(Exception):
 class Caller:
     key_id: str
     role: str
+    # The operator group the key belongs to ("" for a key of the platform itself): such a key
+    # acts only on that group's channels, players, jackpots and data (DESIGN section 11).
+    group: str = ""
+
+    def may_act_on(self, operator_group: str) -> bool:
+        return not self.group or self.group == operator_group
 
 
 class Verifier:
-    """Checks signed requests against a key table {key_id: (secret, role)}."""
+    """Checks signed requests against a key table {key_id: (secret, role)}; a role may name the
+    key's operator group as `role@group`."""
 
     def __init__(self, keys: Mapping[str, tuple[str, str]], nonces: NonceStore,
                  max_skew_ms: int = MAX_SKEW_MS) -> None:
@@ -208,7 +215,8 @@ class Verifier:
         refusal = await self._nonces.claim(key_id, nonce, NONCE_TTL_S, signed_at)
         if refusal:
             raise SignatureError(refusal)
-        return Caller(key_id=key_id, role=role)
+        role, _, group = role.partition("@")       # "role@group": a key of one operator group
+        return Caller(key_id=key_id, role=role, group=group)
 
 
 def require_signature(verifier: Verifier, roles: Iterable[str] | None = None,
