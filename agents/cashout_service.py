@@ -249,4 +249,4 @@ def _refuse(batch: Batch, request: CashoutRequested, reason: str, bet: BookBet |
 @app.agent(bet_topic)
 async def cashout_processor(stream):
     await run_batches(stream, "cashout", handle_book_event, expected=BET_TOPIC_EVENTS, max_batch=1000,
-                      before_batch=_before_batch)
+                      before_batch=_before_batch, reads=BOOK_EVENTS)

@@ -75,4 +75,4 @@ async def refund_processor(stream):
     # Undecodable game.bet messages are dead-lettered by the Cashout Service and game.payout ones
     # by the sink; here they are skipped.
     await run_batches(stream, "refund", handle, expected=BET_TOPIC_EVENTS + PAYOUT_TOPIC_EVENTS,
-                      dead_letters=False)
+                      dead_letters=False, reads=(BetCancelled, BetVoided, BetRejected, PayoutSucceeded))

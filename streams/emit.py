@@ -1,27 +1,32 @@
-"""Outgoing messages of one batch, sent in order and awaited together."""
+"""Outgoing messages of one batch, sent in order and awaited together.
+
+Each message carries its record type in a Kafka header (streams/codec.py), so that consumers
+skip what they do not read without decoding it.
+"""
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-from streams.codec import encode
+from streams.codec import encode, type_header
 from streams.events import Message
 
 
 class Emitter:
     def __init__(self) -> None:
-        self._pending: list[tuple[Any, bytes, bytes]] = []
+        self._pending: list[tuple[Any, bytes, bytes, list[tuple[str, bytes]] | None]] = []
 
     def send(self, topic, key: str, record: Message) -> None:
-        self._pending.append((topic, key.encode(), encode(record)))
+        self._pending.append((topic, key.encode(), encode(record), type_header(record)))
 
-    def send_raw(self, topic, key: bytes, value: bytes) -> None:
-        self._pending.append((topic, key, value))
+    def send_raw(self, topic, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None = None) -> None:
+        self._pending.append((topic, key, value, headers))
 
     async def flush(self) -> None:
         """Send everything in order and wait for Kafka's acknowledgement of all of it."""
         if not self._pending:
             return
-        futures = [await topic.send(key=key, value=value) for topic, key, value in self._pending]
+        futures = [await topic.send(key=key, value=value, headers=headers)
+                   for topic, key, value, headers in self._pending]
         self._pending.clear()
         await asyncio.gather(*futures)

@@ -24,7 +24,7 @@ from typing import Any
 from faust.streams import _current_event
 
 from streams import metrics
-from streams.codec import DecodeError, decode, encode
+from streams.codec import DecodeError, decode, encode, header_type
 from streams.emit import Emitter
 from streams.events import DeadLetter, Message
 from streams.topics import dlq_topic
@@ -65,7 +65,7 @@ def dead_letter(batch: Batch, event, error: str, consumer: str) -> None:
         error=error[:1000], consumer=consumer,
         key_b64=base64.b64encode(key).decode(),
         value_b64=base64.b64encode(message.value or b"").decode())
-    batch.emit.send_raw(dlq_topic, key, encode(letter))
+    batch.emit.send_raw(dlq_topic, key, encode(letter), [("type", b"DeadLetter")])
     metrics.DEAD_LETTERS.labels(consumer=consumer, topic=message.topic).inc()
     log.warning("dead letter from %s[%s]@%s: %s", message.topic, message.partition, message.offset, error)
 
@@ -74,7 +74,11 @@ async def run_batches(stream, consumer: str, handle: Handler,
                       expected: tuple[type[Message], ...] | None = None,
                       max_batch: int = 500, within: float = 0.005,
                       before_batch: Callable[[], None] | None = None, dead_letters: bool = True,
-                      after_batch: BatchHook | None = None, after_commit: BatchHook | None = None) -> None:
+                      after_batch: BatchHook | None = None, after_commit: BatchHook | None = None,
+                      reads: tuple[type[Message], ...] | None = None) -> None:
+    """`reads`: the records the handler acts on; a message whose `type` header names another
+    record is skipped without being decoded (one without the header is decoded as before)."""
+    wanted = frozenset(cls.__name__.encode() for cls in reads) if reads else None
     async for events in stream.take_events(max_batch, within):
         if before_batch is not None:
             before_batch()
@@ -82,6 +86,10 @@ async def run_batches(stream, consumer: str, handle: Handler,
         started = time.perf_counter()
         try:
             for event in events:
+                if wanted is not None:
+                    kind = header_type(event.message.headers)
+                    if kind is not None and kind not in wanted:
+                        continue
                 _current_event.set(weakref.ref(event))
                 try:
                     record = decode(event.value, expected)

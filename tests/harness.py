@@ -460,14 +460,21 @@ async def end_offsets(bootstrap: str, topics: list[str]) -> dict[Any, int]:
 
 
 async def wait_consumed(pipeline: Pipeline, names: list[str], timeout: float = 60) -> None:
-    """Wait until the pipeline's Faust consumer group has committed past everything now on `names`."""
+    """Wait until every consumer of `names` has committed past everything now on them: the
+    workers' Faust group and the sink's group (`<app id>-sink`, its own process); a partition
+    counts once each group that reads it has a committed offset at its end."""
     ends = await end_offsets(pipeline.base.kafka_bootstrap, [pipeline.topic(n) for n in names])
+    groups = [pipeline.env["CRASH_APP_ID"], pipeline.env["CRASH_APP_ID"] + "-sink"]
 
     async def caught_up() -> bool:
-        committed = await committed_offsets(pipeline.base.kafka_bootstrap, pipeline.env["CRASH_APP_ID"])
-        return all(committed.get(tp, 0) >= end for tp, end in ends.items() if end > 0)
+        offsets = [await committed_offsets(pipeline.base.kafka_bootstrap, group) for group in groups]
+        for tp, end in ends.items():
+            seen = [committed[tp] for committed in offsets if tp in committed]
+            if end > 0 and (not seen or min(seen) < end):
+                return False
+        return True
 
-    await wait_for(caught_up, timeout, f"the workers to consume {names}", every=0.5)
+    await wait_for(caught_up, timeout, f"the workers and the sink to consume {names}", every=0.5)
 
 
 class DirectCommands:

@@ -44,6 +44,7 @@ ROUTES_OF = {
     "crash-gateway": ("web/gateway.py",),
     "crash-wallet": ("web/wallet.py",),
     "crash-payout": ("agents/payout_adapter.py",),
+    "crash-sink": ("agents/sink.py",),
     "crash-push": ("web/push.py",),
 }
 
