@@ -12,6 +12,7 @@ import logging
 import faust
 
 from streams.settings import get_settings
+from web.http import stamp_and_guard
 
 settings = get_settings()
 
@@ -41,6 +42,9 @@ app = faust.App(
     web_tables_enabled=False,
     web_graph_enabled=False,
     web_stats_enabled=False,
+    # Every answer of the operator views (and a worker's /metrics) is JSON on error: a bug is a
+    # JSON 500 (logged), a database or Redis away a 503, an unknown path a 404 with a reason.
+    web_application_options={"middlewares": [stamp_and_guard(64 * 1024)]},
     logging_config=None,
 )
 

@@ -108,6 +108,14 @@ def out_of_scope(body: dict[str, Any], operator_group: str | None) -> aioweb.Res
     return problem(403, "forbidden", f"key {body['_operator']} acts only on operator group {group}")
 
 
+def query_limit(request, default: int) -> int | None:
+    """?limit= as an integer in [1, 1000], or None when it is not one."""
+    raw = request.query.get("limit", str(default))
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 4 or not 1 <= int(raw) <= 1000:
+        return None
+    return int(raw)
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -289,10 +297,9 @@ async def recent_terms(channel_id: str, limit: int) -> list[dict[str, Any]]:
 @app.page("/ops/channels/{channel_id}/terms")
 class TermsView(web.View):
     async def get(self, request, channel_id: str):
-        try:
-            limit = min(int(request.query.get("limit", "50")), 1000)
-        except ValueError:
-            return problem(400, "bad_request", "limit must be an integer")
+        limit = query_limit(request, 50)
+        if limit is None:
+            return problem(400, "bad_request", "limit must be an integer in [1, 1000]")
         return self.json({"channel_id": channel_id, "terms": await recent_terms(channel_id, limit)})
 
 
@@ -347,8 +354,10 @@ class PayoutsView(web.View):
         if error is not None:
             return error
         assert caller is not None
+        limit = query_limit(request, 100)
+        if limit is None:
+            return problem(400, "bad_request", "limit must be an integer in [1, 1000]")
         try:
-            limit = int(request.query.get("limit", "100"))
             rows = await list_payouts(db(), request.query.get("status"), limit, operator_group=caller.group)
         except ValueError as error:
             return problem(400, "bad_request", str(error))
