@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from typing import Any
 
-DEVELOPMENT_PROFILES = ("demo", "test")
+DEVELOPMENT_PROFILES = ("demo", "test", "chaos")
 # A secret shorter than this is refused outside the development profiles.
 MIN_SECRET_LENGTH = 16
 # Secret variables and their development defaults (filled by `_secret` below).

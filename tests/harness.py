@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from sql.db import make_engine
 from sql.migrate import migrate
 from streams.admin import create_topics
 from streams.codec import DecodeError, decode
+from streams.events import TermClosed
 from streams.settings import Settings
 from web.signing import sign_headers
 
@@ -52,9 +54,9 @@ FAST_CONFIG: dict[str, Any] = {
 }
 
 
-async def mysql_root(sql: str) -> None:
+async def mysql_root(sql: str, socket_path: str | None = None) -> None:
     """SQL as MariaDB's root over the local socket (as ./stack creates databases and users)."""
-    socket_path = os.environ.get("CRASH_MARIADB_SOCKET")
+    socket_path = socket_path or os.environ.get("CRASH_MARIADB_SOCKET")
     if not socket_path:
         raise RuntimeError("CRASH_MARIADB_SOCKET is not set: run the tests with ./stack test")
     proc = await asyncio.create_subprocess_exec(
@@ -139,13 +141,14 @@ class Process:
 
 
 class Pipeline:
-    def __init__(self, name: str, base: Settings, tmp: Path) -> None:
+    def __init__(self, name: str, base: Settings, tmp: Path, env: dict[str, str] | None = None) -> None:
         self.name = f"{name}-{uuid.uuid4().hex[:6]}"
         self.base = base
         self.tmp = tmp
         self.prefix = f"t.{self.name}."
         self.env = {
             **os.environ,
+            **(env or {}),          # another profile's servers (the chaos test's)
             "CRASH_TOPIC_PREFIX": self.prefix,
             "CRASH_GATEWAY_ID": f"gw-{self.name}",
             "CRASH_GATEWAY_PORT": str(free_port()),
@@ -179,7 +182,8 @@ class Pipeline:
     async def open(self) -> None:
         grantee = f"'{make_url(self.base.db_url).username}'@'127.0.0.1'"
         await mysql_root(f"CREATE DATABASE {self.database} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;"
-                         f" GRANT ALL PRIVILEGES ON {self.database}.* TO {grantee};")
+                         f" GRANT ALL PRIVILEGES ON {self.database}.* TO {grantee};",
+                         self.env.get("CRASH_MARIADB_SOCKET"))
         await migrate("crash", self.db_url)
         await create_topics(self.settings)
         self.http = aiohttp.ClientSession()
@@ -262,7 +266,7 @@ class Pipeline:
         if self.http is not None:
             await self.http.close()
         await self.db.dispose()
-        await mysql_root(f"DROP DATABASE IF EXISTS {self.database};")
+        await mysql_root(f"DROP DATABASE IF EXISTS {self.database};", self.env.get("CRASH_MARIADB_SOCKET"))
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} ({p.log_path})\n{p.tail()}"
@@ -591,3 +595,92 @@ async def contribute(pipe: Pipeline, jackpot_id: str, amount: int, contribution_
     body = {"contributionId": contribution_id or f"c-{uuid.uuid4().hex[:16]}", "gameId": "slots-1",
             "amount": amount, "currency": "EUR", **extra}
     return await pipe.signed(pipe.gateway_url, key_id, "POST", f"/jackpot/{jackpot_id}/contribute", body)
+
+
+# ---------------------------------------------------------------- money checks (payouts, chaos)
+
+BALANCE = 1_000_000_000
+NO_FAULTS = {"latency_ms": 0, "latency_jitter_ms": 0, "error_rate": 0, "timeout_rate": 0, "timeout_ms": 10_000,
+             "drop_rate": 0}
+
+
+async def settle_everything(pipe) -> None:
+    """Wait until no debit is unresolved, every term with bets is closed and every payout acked."""
+    async def quiet() -> bool:
+        pending = await pipe.rows("SELECT COUNT(*) AS n FROM player_debit WHERE state IN ('pending', 'debited')")
+        open_bets = await pipe.rows(
+            "SELECT COUNT(*) AS n FROM bet b JOIN crash_term t ON t.term_id = b.term_id"
+            " WHERE b.status = 'placed' OR t.state <> 'closed'")
+        unpaid = await pipe.rows("SELECT COUNT(*) AS n FROM payout_outbox WHERE status <> 'acked'")
+        refunds_due = await pipe.rows(
+            "SELECT COUNT(*) AS n FROM bet WHERE (status IN ('cancelled', 'voided'))"
+            " OR (status = 'rejected' AND debited = 1 AND refund IS NULL)")
+        return pending[0]["n"] == open_bets[0]["n"] == unpaid[0]["n"] == refunds_due[0]["n"] == 0
+    await wait_for(quiet, 240, "every debit resolved, term closed, payout acked and refund recorded", every=1)
+
+
+async def check_ledgers(pipe, wallet_db, users: list[str]) -> dict[str, int]:
+    """final balance = initial - stakes + cashouts + refunds, for every player, to the cent;
+    every payout order credited exactly once; no debit without its bet."""
+    async with wallet_db.connect() as conn:
+        marks = ",".join(f"'{u}'" for u in users)
+        txs = [dict(r._mapping) for r in await conn.execute(text(
+            f"SELECT order_no, op, user_id, amount, status FROM wallet_tx WHERE user_id IN ({marks})"))]
+        balances = {r.user_id: r.balance for r in await conn.execute(text(
+            f"SELECT user_id, balance FROM wallet_account WHERE user_id IN ({marks}) AND currency = 'EUR'"))}
+    debits = {t["order_no"]: t for t in txs if t["op"] == "debit" and t["status"] == "ok"}
+    credits = defaultdict(list)
+    for t in txs:
+        if t["op"] == "credit":
+            credits[t["order_no"]].append(t)
+    bets = await pipe.rows(f"SELECT * FROM bet WHERE user_id IN ({marks})")
+    outbox = await pipe.rows(f"SELECT order_no, amount, user_id, status FROM payout_outbox WHERE user_id IN ({marks})")
+    # Every payout order credited exactly once, with its amount; no credit without an order.
+    for order in outbox:
+        assert order["status"] == "acked", order
+        rows = credits.get(order["order_no"], [])
+        assert len(rows) == 1 and rows[0]["amount"] == order["amount"] and rows[0]["status"] == "ok", (order, rows)
+    assert set(credits) <= {o["order_no"] for o in outbox}
+    # Every stake taken from a player belongs to a bet the pipeline decided on.
+    debited_bets = {b["api_order_no"]: b for b in bets if b["debited"]}
+    assert set(debits) == set(debited_bets), set(debits) ^ set(debited_bets)
+    flows = {u: {"stakes": 0, "cashouts": 0, "refunds": 0} for u in users}
+    for bet in debited_bets.values():
+        assert debits[bet["api_order_no"]]["amount"] == bet["amount"]
+        flow = flows[bet["user_id"]]
+        flow["stakes"] += bet["amount"]
+        flow["cashouts"] += bet["payout"] or 0
+        flow["refunds"] += bet["refund"] or 0
+        assert bet["status"] in ("cashed_out", "lost", "refunded", "rejected"), bet
+        if bet["status"] in ("refunded", "rejected"):
+            assert bet["refund"] == bet["amount"], bet
+    for user in users:
+        flow = flows[user]
+        expected = BALANCE - flow["stakes"] + flow["cashouts"] + flow["refunds"]
+        assert balances.get(user, BALANCE) == expected, (user, flow)
+    return {k: sum(f[k] for f in flows.values()) for k in ("stakes", "cashouts", "refunds")}
+
+
+async def check_house_result(pipe, channel_id: str) -> None:
+    """The house result of all TermClosed events equals stakes minus payouts (minus the voided
+    stakes refunded), computed from the bets."""
+    closed = [r for r, _, _, _ in await pipe.read_topic("game.term", key=channel_id) if isinstance(r, TermClosed)]
+    closed = list({c.event_id: c for c in closed}.values())
+    bets = await pipe.rows(
+        "SELECT b.bet_id, b.amount, b.payout, GROUP_CONCAT(h.status) AS history FROM bet b"
+        " JOIN bet_status_history h ON h.bet_id = b.bet_id WHERE b.channel_id = :c"
+        " GROUP BY b.bet_id, b.amount, b.payout", c=channel_id)
+    stakes = payouts = voided = 0
+    for bet in bets:
+        history = set(bet["history"].split(","))
+        if "cancelled" in history:
+            continue            # a cancelled bet is no stake of its term
+        stakes += bet["amount"]
+        payouts += bet["payout"] or 0
+        voided += bet["amount"] if "voided" in history else 0
+    assert sum(t["stakes"] for c in closed for t in c.totals.values()) == stakes
+    assert sum(t["payouts"] for c in closed for t in c.totals.values()) == payouts
+    house = sum(t["house_result"] for c in closed for t in c.totals.values())
+    assert house == stakes - payouts - voided, (house, stakes, payouts, voided)
+
+

@@ -117,6 +117,7 @@ def test_the_operator_document_matches_the_views():
     import os
     import subprocess
     import sys
+
     import yaml
     spec = yaml.safe_load((REPO / "web" / "operator.openapi.yaml").read_text())
     documented = {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops}
