@@ -5,7 +5,7 @@ push p99 <= 100 ms). Not a test: run it by hand on a quiet machine, against a pr
     eval "$(./stack env test)"; .venv/bin/python tests/bench_push.py --clients 10000 --seconds 30
 
 It starts one `crash-push` on topics of its own (a fresh prefix), publishes a flying term the way
-the orchestrator does (a TermTick every 100 ms) plus a stream of bets (BetPlaced, then
+the orchestrator does (a clock every 50 ms, a TermTick once 100 ms have passed) plus a stream of bets (BetPlaced, then
 BetCashedOut), connects N WebSocket clients from `--procs` client processes (light raw-socket
 clients, so that the clients are not what is measured), and measures, for every frame each
 client receives, the push latency: arrival time minus the Kafka timestamp of the oldest event
@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-SRC = re.compile(rb'"src":(\d+)')
+SRC = re.compile(rb'"src":(\d+),"new":(\d+)')
 
 
 def now_ms() -> int:
@@ -50,11 +50,36 @@ def quantile(values: list[int] | array, q: float) -> float:
 
 # ---------------------------------------------------------------- client processes
 
-class Client(asyncio.Protocol):
-    """A WebSocket client that only splits frames and reads `src`: a few microseconds a frame."""
+class Silent(asyncio.Protocol):
+    """Most clients: read and drop what comes (counting bytes) and answer pings, so that the
+    client processes sharing this machine with the push gateway cost as little CPU as possible."""
 
-    def __init__(self, path: str, latencies: array, counters: dict[str, int], connected: asyncio.Event) -> None:
-        self.path, self.latencies, self.counters, self.connected = path, latencies, counters, connected
+    def __init__(self, path: str, counters: dict[str, int], connected: asyncio.Event) -> None:
+        self.path, self.counters, self.connected = path, counters, connected
+        self.upgraded = False
+
+    connection_made = None   # set below: the same handshake as Client
+
+    def data_received(self, data: bytes) -> None:
+        if not self.upgraded and b"\r\n\r\n" in data:
+            self.upgraded = True
+            self.connected.set()
+            self.counters["connected"] += 1
+        self.counters["bytes"] += len(data)
+        if b"\x89\x00" in data:           # an empty ping (JSON text never holds a 0 byte)
+            self.transport.write(b"\x8a\x80\0\0\0\0")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.counters["lost"] += 1
+
+
+class Client(asyncio.Protocol):
+    """A measuring client: splits frames and reads `src`/`new`, a few microseconds a frame."""
+
+    def __init__(self, path: str, latencies: tuple[array, array], counters: dict[str, int],
+                 connected: asyncio.Event) -> None:
+        self.path, self.counters, self.connected = path, counters, connected
+        self.oldest, self.newest = latencies
         self.buffer = b""
         self.upgraded = False
 
@@ -78,54 +103,68 @@ class Client(asyncio.Protocol):
             self.connected.set()
             self.counters["connected"] += 1
             buffer = buffer[end + 4:]
-        while len(buffer) >= 2:
-            length, start = buffer[1] & 0x7F, 2
+        at, end = 0, len(buffer)
+        while end - at >= 2:                 # an offset, not slices: a lagging client gets big chunks
+            opcode, length, start = buffer[at] & 0x0F, buffer[at + 1] & 0x7F, at + 2
             if length == 126:
-                if len(buffer) < 4:
+                if end - at < 4:
                     break
-                length, start = int.from_bytes(buffer[2:4], "big"), 4
+                length, start = int.from_bytes(buffer[at + 2:at + 4], "big"), at + 4
             elif length == 127:
-                if len(buffer) < 10:
+                if end - at < 10:
                     break
-                length, start = int.from_bytes(buffer[2:10], "big"), 10
-            if len(buffer) < start + length:
+                length, start = int.from_bytes(buffer[at + 2:at + 10], "big"), at + 10
+            if end < start + length:
                 break
-            payload = buffer[start:start + length]
-            buffer = buffer[start + length:]
+            at = start + length
+            if opcode == 0x9:                # ping: answer, or the server closes us after 30 s
+                payload = buffer[start:at]
+                self.transport.write(bytes((0x8A, 0x80 | len(payload))) + b"\0\0\0\0" + payload)
+                continue
             self.counters["frames"] += 1
-            if payload.startswith(b'{"t":"delta"'):
-                found = SRC.search(payload, 0, 80)
+            if buffer.startswith(b'{"t":"delta"', start):
+                found = SRC.search(buffer, start, min(at, start + 100))
                 if found:
-                    self.latencies.append(arrived - int(found.group(1)))
-        self.buffer = buffer
+                    self.oldest.append(arrived - int(found.group(1)))
+                    self.newest.append(arrived - int(found.group(2)))
+        self.buffer = buffer[at:]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.counters["lost"] += 1
 
 
-async def run_clients(port: int, count: int, channel: str, seconds: float, out: str) -> None:
-    loop = asyncio.get_running_loop()
-    latencies: array = array("i")
-    counters = {"connected": 0, "frames": 0, "lost": 0, "failed": 0}
-    slots = asyncio.Semaphore(200)
+Silent.connection_made = Client.connection_made
 
-    async def one() -> None:
+
+async def run_clients(port: int, count: int, channel: str, seconds: float, out: str, measure_every: int) -> None:
+    loop = asyncio.get_running_loop()
+    latencies = (array("i"), array("i"))
+    counters = {"connected": 0, "frames": 0, "lost": 0, "failed": 0, "bytes": 0, "measuring": 0}
+    slots = asyncio.Semaphore(200)
+    path = f"/ws/channel/{channel}"
+
+    async def one(i: int) -> None:
         async with slots:
             connected = asyncio.Event()
+            measuring = i % measure_every == 0
+            counters["measuring"] += measuring
             try:
-                await loop.create_connection(lambda: Client(f"/ws/channel/{channel}", latencies, counters, connected),
-                                             "127.0.0.1", port)
+                await loop.create_connection(
+                    (lambda: Client(path, latencies, counters, connected)) if measuring
+                    else (lambda: Silent(path, counters, connected)), "127.0.0.1", port)
                 await asyncio.wait_for(connected.wait(), 30)
             except (OSError, TimeoutError):
                 counters["failed"] += 1
 
     started = time.monotonic()
-    await asyncio.gather(*(one() for _ in range(count)))
+    await asyncio.gather(*(one(i) for i in range(count)))
     connect_s = time.monotonic() - started
-    del latencies[:]                     # measure once everybody is in
-    counters["frames"] = 0
+    for values in latencies:             # measure once everybody is in
+        del values[:]
+    counters["frames"] = counters["bytes"] = 0
     await asyncio.sleep(seconds)
-    Path(out).write_text(json.dumps({"counters": counters, "connect_s": connect_s, "latencies": list(latencies)}))
+    Path(out).write_text(json.dumps({"counters": counters, "connect_s": connect_s, "oldest": list(latencies[0]),
+                                     "newest": list(latencies[1])}))
 
 
 # ---------------------------------------------------------------- the driver
@@ -156,18 +195,22 @@ async def publish(settings, channel: str, stop: asyncio.Event, bets_per_s: float
                                        flying_at=start + 2, config=config, **base))
     await send(term_topic, TermStateChanged(event_id=f"{term_id}.flying", ts=start + 2, state="flying",
                                             bets_close_at=start + 1, flying_at=start + 2, state_version=3, **base))
-    sent, n = 0, 0
+    sent, n, last_tick = 0, 0, -1000
     next_tick = time.monotonic()
     bet_every = 1 / bets_per_s if bets_per_s > 0 else None
     next_bet = time.monotonic()
     while not stop.is_set():
         now = time.monotonic()
         if now >= next_tick:
+            # As the orchestrator: a clock every 50 ms, a tick once 100 ms have passed since the
+            # last one (so 100-150 ms apart).
+            next_tick += 0.05
             elapsed = now_ms() - start
-            await send(term_topic, TermTick(event_id=f"{term_id}.t{elapsed}", ts=now_ms(), elapsed_ms=elapsed,
-                                            multiple_x100=100 + elapsed // 1000, **base))
-            next_tick += 0.1
-            sent += 1
+            if elapsed - last_tick >= 100:
+                last_tick = elapsed
+                await send(term_topic, TermTick(event_id=f"{term_id}.t{elapsed}", ts=now_ms(), elapsed_ms=elapsed,
+                                                multiple_x100=100 + elapsed // 1000, **base))
+                sent += 1
         while bet_every is not None and now >= next_bet:
             n += 1
             bet = {"bet_id": f"b{n}", "api_order_no": f"o{n}", "user_id": f"player-{n % 997}", "amount": 100 + n % 900,
@@ -220,31 +263,58 @@ async def drive(args: argparse.Namespace) -> None:
         share = [args.clients // args.procs + (1 if i < args.clients % args.procs else 0) for i in range(args.procs)]
         procs = [await asyncio.create_subprocess_exec(
             sys.executable, __file__, "--client-mode", "--port", str(port), "--clients", str(n),
-            "--seconds", str(args.seconds), "--out", str(out), "--channel", channel)
+            "--seconds", str(args.seconds), "--out", str(out), "--channel", channel,
+            "--measure-every", str(args.measure_every))
             for n, out in zip(share, outs, strict=True)]
         cpu_before = _cpu_s(push.pid)
         wall_before = time.monotonic()
         await asyncio.gather(*(p.wait() for p in procs))
         push_cpu = (_cpu_s(push.pid) - cpu_before) / (time.monotonic() - wall_before)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                text = await resp.text()
+                server_side = _histogram(text, "push_latency_seconds")
+                broadcast = _histogram(text, "push_broadcast_seconds")
     finally:
         stop.set()
         sent = await publisher
         push.send_signal(signal.SIGTERM)
         push.wait(30)
     results = [json.loads(out.read_text()) for out in outs]
-    latencies = [v for r in results for v in r["latencies"]]
+    oldest = [v for r in results for v in r["oldest"]]
+    newest = [v for r in results for v in r["newest"]]
     counters = {k: sum(r["counters"][k] for r in results) for k in results[0]["counters"]}
     print(f"command: {' '.join(sys.argv)}")
     print(f"clients: {counters['connected']} connected ({counters['failed']} failed, {counters['lost']} lost), "
           f"connected within {max(r['connect_s'] for r in results):.1f} s, {args.procs} client processes")
-    print(f"events: {sent} published ({args.bets_per_s:g} bets/s with cashouts, a tick every 100 ms)")
-    print(f"frames received: {counters['frames']} in {args.seconds:g} s "
-          f"({counters['frames'] / args.seconds:,.0f}/s), push gateway CPU {push_cpu:.0%} of one core")
-    print(f"push latency (Kafka timestamp -> frame at the client), {len(latencies)} frames: "
-          f"p50 {quantile(latencies, .5):.0f} ms, p99 {quantile(latencies, .99):.0f} ms, "
-          f"max {max(latencies) if latencies else float('nan'):.0f} ms")
+    print(f"events: {sent} published ({args.bets_per_s:g} bets/s with cashouts, a tick every 100-150 ms)")
+    print(f"{counters['measuring']} measuring clients received {counters['frames']} frames in {args.seconds:g} s; "
+          f"all clients {counters['bytes'] / args.seconds / 1e6:.1f} MB/s; push gateway CPU {push_cpu:.0%} of one core")
+    for name, values in (("newest", newest), ("oldest", oldest)):
+        print(f"push latency, Kafka timestamp of the {name} event of a frame -> the frame at the client, "
+              f"{len(values)} frames: p50 {quantile(values, .5):.0f} ms, p99 {quantile(values, .99):.0f} ms, "
+              f"max {max(values) if values else float('nan'):.0f} ms")
+    print("server side (push_latency_seconds: Kafka timestamp of the oldest event -> written to the sockets): "
+          + ", ".join(f"p{round(q * 100)} <= {server_side(q) * 1000:.0f} ms" for q in (0.5, 0.99)))
+    print(f"writing one frame to all {counters['connected']} clients: p50 <= {broadcast(0.5) * 1000:g} ms, "
+          f"p99 <= {broadcast(0.99) * 1000:g} ms (push_broadcast_seconds)")
+    print(f"load average while it ran: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)")
     for out in outs:
         out.unlink(missing_ok=True)
+
+
+def _histogram(text: str, name: str):
+    """A quantile function (the upper bound of its bucket) over a Prometheus histogram."""
+    buckets = sorted((float(le), float(v)) for le, v in re.findall(
+        rf'^{name}_bucket{{le="([^"]+)"}} ([\d.e+]+)$', text, re.M))
+
+    def quantile_of(q: float) -> float:
+        total = buckets[-1][1] if buckets else 0
+        for le, count in buckets:
+            if total and count >= q * total:
+                return le
+        return float("nan")
+    return quantile_of
 
 
 def _cpu_s(pid: int) -> float:
@@ -258,6 +328,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--procs", type=int, default=2, help="client processes")
     parser.add_argument("--bets-per-s", type=float, default=50)
+    parser.add_argument("--measure-every", type=int, default=20,
+                        help="one client in this many parses its frames and measures; the others drop them")
     parser.add_argument("--client-mode", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -266,7 +338,7 @@ def main() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if args.client_mode:
-        asyncio.run(run_clients(args.port, args.clients, args.channel, args.seconds, args.out))
+        asyncio.run(run_clients(args.port, args.clients, args.channel, args.seconds, args.out, args.measure_every))
     else:
         asyncio.run(drive(args))
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from push_harness import PushGateway
 
 from harness import BIN, Pipeline, wait_for
 
@@ -80,3 +81,23 @@ async def test_transfer_mode_bots_play_and_every_accepted_bet_settles(pipe: Pipe
     assert statuses.count("cancelled") + statuses.count("refunded") == report["cancels"]["accepted"]
     # Each cashout the bots were told succeeded is a manual cashout in MySQL (forced ones are not theirs).
     assert sum(1 for o in accepted if rows[o]["cashout_mode"] == "manual") == cashouts["accepted"]
+
+
+async def test_bots_follow_the_terms_over_the_push_gateway(pipe: Pipeline, tmp_path: Path) -> None:
+    """With --push the bots watch the terms over the push gateway's WebSocket (as the page does)
+    instead of polling: their manual cashouts, timed on the curve from flying_at, still land."""
+    push = PushGateway(pipe)
+    await push.start()
+    channel_id = await pipe.create_channel("push")
+    await pipe.wait_gateway_channel(channel_id)
+    await push.wait_channel(channel_id)
+    report_path = tmp_path / "bots-push.json"
+    code, out, err = await run_bots(
+        pipe, report_path, "--mode", "transfer", "--players", "10", "--rate", "20", "--duration", "15",
+        "--channels", channel_id, "--push", push.url, "--quiet")
+    assert code == 0, f"exit {code}\n{out[-3000:]}\n{err[-3000:]}"
+    report: dict[str, Any] = json.loads(report_path.read_text())
+    assert report["follow"] == f"push {push.url}"
+    assert report["bets"]["accepted"] > 0 and report["cashouts"]["accepted"] > 0, report
+    assert report["errors"]["poll"] == 0 and report["errors"]["http_5xx"] == {}, report["errors"]
+    assert report["bets"]["failed"] == 0, report["bets"]

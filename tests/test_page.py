@@ -11,8 +11,10 @@ recovering alone from a kill -9 of the push gateway. No console error anywhere.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import tempfile
 import uuid
 from pathlib import Path
@@ -249,12 +251,30 @@ async def test_a_player_plays_rounds_on_the_page(stack, browser):
                                                                              timeout=60_000)
         await shot(page, "12-autoplay-stopped")
 
+        # ---- frames stop (the push gateway stalls, its socket stays open): the curve freezes
+        # where the last frame left it, with a lag notice, and goes on when frames come back
+        await next_term(pipe, channel, crash_of, lambda c: c >= 300, window_left_ms=0)
+        await expect(page.get_by_test_id("phase")).to_have_text("Flying", timeout=30_000)
+        assert push.proc is not None and push.proc.proc is not None
+        os.killpg(push.proc.proc.pid, signal.SIGSTOP)
+        try:
+            await expect(page.locator("#lag")).to_be_visible(timeout=5_000)
+            await expect(page.locator("#lag")).to_have_text("Connection lag — waiting for the server…")
+            frozen = await page.evaluate("() => window.crashPage.frozenAt")
+            assert frozen is not None and frozen >= 100
+            await expect(page.get_by_test_id("multiplier")).to_have_text(multiple(frozen))
+            await shot(page, "13a-lag-frozen")
+        finally:
+            os.killpg(push.proc.proc.pid, signal.SIGCONT)
+        await expect(page.locator("#lag")).to_be_hidden(timeout=10_000)
+
         # ---- kill -9 of the push gateway: the page says so and recovers by itself
         history_before = await page.locator("#history a").count()
         assert push.proc is not None
         console.expected = OUTAGE
         push.proc.kill9()
-        await expect(page.locator("#lag")).to_have_text("Reconnecting to the game…", timeout=10_000)
+        await expect(page.locator("#lag")).to_be_visible(timeout=10_000)
+        await expect(page.locator("#lag")).to_have_text("Reconnecting to the game…")
         await shot(page, "13-push-gateway-down")
         push.proc.start()
         await push.wait_ready()
@@ -360,11 +380,15 @@ async def test_a_jackpot_ticker_moves_as_others_bet_and_its_hit_shows_the_winner
         hits: list = []
         moved = False
 
-        async def bet(amount: int) -> None:
+        async def bet(amount: int) -> bool:
+            """True when accepted; False when this round's window closed meanwhile."""
             status, body = await pipe.api("POST", "/v1/bets", {
                 "api_order_no": f"jpb-{uuid.uuid4().hex[:12]}", "channel_id": channel, "user_id": bob,
                 "amount": amount, "currency": "EUR", "auto_cashout_x100": 110})
+            if status == 409 and body.get("reason") in ("betting_closed", "late"):
+                return False
             assert status == 200 and body["status"] == "accepted", body
+            return True
 
         async def fed(value: int) -> bool:
             nonlocal hits
@@ -380,7 +404,8 @@ async def test_a_jackpot_ticker_moves_as_others_bet_and_its_hit_shows_the_winner
             value = (await jackpot_view(pipe, jackpot_id))["value"]
             # bob's bets, all fed to the pool: a small one first, so that the ticker is seen to move
             for amount in ([10] if not moved else []) + [1_000, 1_000]:
-                await bet(amount)
+                if not await bet(amount):
+                    break
                 value += amount
                 await wait_for(lambda v=value: fed(v), 20, "bob's contribution in the pool")
                 if hits:

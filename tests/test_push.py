@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import re
 import socket
+import sys
 import uuid
 
 import pytest
@@ -14,12 +16,18 @@ from push_harness import PushGateway, WsClient, page_call, session_token
 
 from harness import BIN, independent_crash_x100, next_term, now_ms, peek_crash_points, wait_for
 from web import sessions
+from web.signing import sign_headers
 
 pytestmark = pytest.mark.slow
 
+# A key of another operator group (role@group): it may not hand out sessions for our channels.
+OTHER_GROUP_KEY = ("elsewhere", "elsewhere-secret-0123456789")
+
+
 @pytest.fixture(scope="module")
-async def pipe(pipeline_factory):
-    pipeline = await pipeline_factory("push")
+async def pipe(pipeline_factory, base_settings):
+    keys = os.environ["CRASH_API_KEYS"] + f",{OTHER_GROUP_KEY[0]}:{OTHER_GROUP_KEY[1]}:game@elsewhere"
+    pipeline = await pipeline_factory("push", env={"CRASH_API_KEYS": keys})
     await pipeline.start_wallet()
     pipeline.start_payout()
     return pipeline
@@ -38,6 +46,14 @@ async def channel(pipe, push):
     await pipe.wait_gateway_channel(channel_id)
     await push.wait_channel(channel_id)
     return channel_id
+
+
+async def other_group(pipe, path: str, body: dict) -> tuple[int, dict]:
+    raw = json.dumps(body).encode()
+    headers = {**sign_headers(*OTHER_GROUP_KEY, "POST", path, raw), "Content-Type": "application/json"}
+    assert pipe.http is not None
+    async with pipe.http.post(pipe.gateway_url + path, data=raw, headers=headers) as resp:
+        return resp.status, await resp.json(content_type=None)
 
 
 def ws_url(push: PushGateway, channel_id: str) -> str:
@@ -76,10 +92,11 @@ async def test_a_spectator_sees_terms_live_and_no_crash_point_before_the_crash(p
     for term_id in crashed:
         if rows[term_id]["crash_at"] is not None:
             assert first_seen[term_id] >= rows[term_id]["crash_at"], term_id
-    # The states of a term arrive in order, and frames are at least 100 ms apart.
+    # The states of a term arrive in order, and frames are at least 100 ms apart (the ts are
+    # whole ms of the sending clock: 1 ms of rounding).
     deltas = [f for _, f in frames if f["t"] == "delta"]
     gaps = [b["ts"] - a["ts"] for a, b in zip(deltas, deltas[1:], strict=False)]
-    assert gaps and min(gaps) >= 95, sorted(gaps)[:5]
+    assert gaps and min(gaps) >= 99, sorted(gaps)[:5]
     states = [op["term"]["state"] for op in client.ops("term") if op["term"]["term_id"] == next(iter(crashed))]
     assert states == sorted(states, key=["pre_start", "starting", "flying", "crashed", "closed"].index), states
 
@@ -118,6 +135,14 @@ async def test_sessions_let_a_player_act_only_for_themselves(pipe, push, channel
     assert status == 403 and body["error"] == "forbidden"
     status, body = await pipe.api("POST", "/v1/sessions", {"user_id": "no spaces"})
     assert status == 400 and "user_id" in body["reason"]
+    # A key of another operator group: no session on our channel, and its sessions cannot bet here.
+    status, body = await other_group(pipe, "/v1/sessions", {"user_id": alice, "channel_id": channel})
+    assert status == 403 and body["error"] == "forbidden", body
+    status, body = await other_group(pipe, "/v1/sessions", {"user_id": alice})
+    assert status == 200, body
+    status, refused = await page_call(pipe, "POST", "/v1/page/bets", body["token"], {
+        "channel_id": channel, "api_order_no": f"pg-{uuid.uuid4().hex[:10]}", "amount": 100, "currency": "EUR"})
+    assert status == 403 and refused["error"] == "forbidden", refused
 
     # Refused tokens: none, expired, forged, for another secret.
     expired, _ = sessions.issue(pipe.base.session_secret, alice, 60, now_ms=now_ms() - 120_000)
@@ -243,3 +268,42 @@ async def test_a_killed_push_gateway_comes_back_with_its_views_and_clients_recon
     finally:
         await after.close()
     assert "channel views from Redis" in push.proc.tail(200)
+
+
+async def test_a_jackpot_room_shows_the_pool_and_follows_its_contributions(pipe, push):
+    from harness import contribute, create_jackpot
+    jackpot_id = f"jp-room-{uuid.uuid4().hex[:6]}"
+    await create_jackpot(pipe, jackpot_id=jackpot_id, name="Room pot", tier="mega", currency="EUR", rate_bps=100,
+                         seed=5_000, cap=10**9, trigger="external")
+    client = WsClient(f"ws://127.0.0.1:{push.port}/ws/jackpot/{jackpot_id}")
+    await client.connect()
+    unknown = WsClient(f"ws://127.0.0.1:{push.port}/ws/jackpot/no-such-pot")
+    await unknown.connect()
+    try:
+        hello = await client.hello()
+        assert hello["jackpots"][jackpot_id]["value"] == 5_000 and hello["jackpots"][jackpot_id]["name"] == "Room pot"
+        status, body = await contribute(pipe, jackpot_id, 1_234)
+        assert status == 200, body
+        view = await client.wait(lambda: next((op["jackpot"] for op in client.ops("jackpot")
+                                               if op["jackpot"]["value"] == 6_234), None), 20, "the contribution")
+        assert view["currency"] == "EUR" and view["cap"] == 10**9
+        assert (await unknown.hello())["error"] == "unknown_jackpot"
+    finally:
+        await client.close()
+        await unknown.close()
+
+
+async def test_the_demo_link_opens_the_page_as_a_funded_player(pipe, push, channel):
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "web.sessions", "demo-link", "--user", "demo-tester", "--channel", channel,
+        "--fund", "50000", env=pipe.env, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 90)
+    assert proc.returncode == 0, err.decode()
+    link = out.decode().strip()
+    # The page's address is the gateway's CRASH_PAGE_URL (the demo's http://127.0.0.1:8082).
+    assert re.fullmatch(rf"http://127\.0\.0\.1:\d+/play/\?channel={channel}#token=[\w.-]+", link), link
+    token = link.split("#token=", 1)[1]
+    assert sessions.verify(pipe.base.session_secret, token).user_id == "demo-tester"
+    status, body = await page_call(pipe, "GET", "/v1/page/balance?currency=EUR", token)
+    assert (status, body["balance"]) == (200, 50_000)

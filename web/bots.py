@@ -888,6 +888,7 @@ class Bots:
         place = s.total["place"]
         summary: dict[str, Any] = {
             "mode": self.opts.mode, "gateway": self.opts.gateway, "key_id": self.key[0],
+            "follow": f"push {self.opts.push}" if self.opts.push else "poll",
             "players": len(self.players), "rate": self.opts.rate, "seed": self.opts.seed, "run_id": self.run_id,
             "player_prefix": f"bot-{self.opts.seed}-", "channels": sorted(self.channels),
             "elapsed_s": round(time.monotonic() - self.started, 3), "load_s": round(load_s, 3),

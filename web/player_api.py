@@ -32,6 +32,7 @@ from streams.events import CancelBet, CashoutBet, Command
 from web import gateway as gw
 from web import sessions
 from web.http import BadRequest, problem, str_field
+from web.signing import Caller
 from web.wallet_client import WalletError, WalletResult, WalletUnavailable
 
 __all__ = ["add_routes"]
@@ -84,6 +85,8 @@ def _page(handler: Callable[[web.Request, sessions.Session], Awaitable[web.Strea
         try:
             session = sessions.verify(request.app[gw.KEY_GATEWAY].settings.session_secret,
                                       sessions.bearer(request.headers.get("Authorization")))
+            # The session stands for the key that asked for it: the same operator group scope.
+            request["caller"] = Caller(key_id=f"session:{session.session_id}", role="player", group=session.group)
             response = await handler(request, session)
         except sessions.SessionError as error:
             gw.REQUESTS.labels(op="page_session", status="401").inc()
@@ -119,14 +122,15 @@ async def create_session(request: web.Request) -> web.Response:
     """The operator's server asks for a token for one of its players: {user_id, ttl_s?, channel_id?}."""
     gateway: gw.Gateway = request.app[gw.KEY_GATEWAY]
     body = await gw.signed_json(request, roles=("game", "admin"))
+    caller: Caller = request["caller"]
     user_id = str_field(body, "user_id", ids.REFERENCE)
     ttl_s = body.get("ttl_s", gateway.settings.session_ttl_s)
     if not isinstance(ttl_s, int) or isinstance(ttl_s, bool) or not 60 <= ttl_s <= sessions.MAX_TTL_S:
         raise BadRequest(400, "bad_request", f"ttl_s must be an integer in [60, {sessions.MAX_TTL_S}]")
     channel_id = str_field(body, "channel_id", ids.NAME, required=False)
     if channel_id is not None:
-        gateway.channel_config(channel_id)      # 404 for an unknown channel
-    token, session = sessions.issue(gateway.settings.session_secret, user_id, ttl_s)
+        gw.scoped_config(gateway, request, channel_id)   # 404 unknown, 403 another group's channel
+    token, session = sessions.issue(gateway.settings.session_secret, user_id, ttl_s, group=caller.group)
     # The token goes in the fragment: browsers never send it to a server or in a Referer.
     query = f"?channel={channel_id}" if channel_id else ""
     return web.json_response({
@@ -138,7 +142,7 @@ async def create_session(request: web.Request) -> web.Response:
 async def who(request: web.Request, session: sessions.Session) -> web.Response:
     gateway: gw.Gateway = request.app[gw.KEY_GATEWAY]
     return web.json_response({"user_id": session.user_id, "session_id": session.session_id,
-                              "expires_at": session.expires_at,
+                              "expires_at": session.expires_at, "group": session.group or None,
                               "tag": sessions.tag(gateway.settings.session_secret, session.user_id)})
 
 
@@ -173,7 +177,7 @@ async def _bet_command(request: web.Request, session: sessions.Session, kind: ty
                        ) -> web.Response:
     gateway: gw.Gateway = request.app[gw.KEY_GATEWAY]
     channel_id = request.match_info["channel_id"]
-    gateway.channel_config(channel_id)
+    gw.scoped_config(gateway, request, channel_id)
     api_order_no = request.match_info["api_order_no"]
     if not ids.is_reference(api_order_no):
         raise BadRequest(400, "bad_request", f"api_order_no must match {ids.REFERENCE.pattern}")

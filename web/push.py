@@ -55,7 +55,9 @@ log = logging.getLogger("crash.push")
 
 STATIC = Path(__file__).resolve().parent / "static"
 FRAME_GAP_S = 0.1                # at most one frame per room every 100 ms
-FLUSH_CHECK_S = 0.01             # ...sent as soon as that allows: an event waits <= 100 ms, not always
+FLUSH_CHECK_S = 0.005            # ...sent as soon as that allows (see Room.due)
+TICK_WAIT_S = 0.15               # while flying, other ops ride on the next tick's frame, this long at most
+URGENT = frozenset({"term", "tick", "jackpot_hit"})   # ops that make a frame go at once (when allowed)
 PING_S = 1.0                     # a frame at least every second, so that a page sees the link alive
 SAVE_S = 1.0                     # views written to Redis at most this often
 HELLO_TIMEOUT_S = 5.0
@@ -72,6 +74,8 @@ CUT = Counter("push_clients_cut_total", "Clients cut off because they did not re
 EVENTS = Counter("push_events_total", "Kafka events applied", ["topic"])
 LATENCY = Histogram("push_latency_seconds", "From an event's Kafka timestamp to its frame on the sockets",
                     buckets=(.005, .01, .025, .05, .075, .1, .15, .25, .5, 1, 2.5))
+BROADCAST = Histogram("push_broadcast_seconds", "Writing one frame to every client of a room",
+                      buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25))
 
 KEY_PUSH: web.AppKey[Push] = web.AppKey("push")
 
@@ -109,19 +113,39 @@ class Client:
 
 class Room:
     """The clients of one channel or one jackpot, and the ops waiting for the next frame."""
-    __slots__ = ("key", "clients", "pending", "oldest_ms", "last_frame")
+    __slots__ = ("key", "clients", "pending", "oldest_ms", "newest_ms", "last_frame", "flying", "urgent")
 
     def __init__(self, key: str) -> None:
         self.key = key
         self.clients: set[Client] = set()
         self.pending: dict[Any, dict[str, Any]] = {}
         self.oldest_ms: int | None = None        # Kafka time of the oldest event in `pending`
+        self.newest_ms: int | None = None        # ... and of the newest
         self.last_frame = 0.0
+        self.flying = False                      # the room's term is flying: ticks set the pace
+        self.urgent = False                      # a state change or a tick is pending
+
+    def due(self, now: float) -> bool:
+        """Whether a frame goes now: never within 100 ms of the last one; while the term flies,
+        when a tick (or a state change) is pending, so that frames keep the ticks' pace (a tick
+        every 100-150 ms) and a tick never waits behind a frame a bet made go a moment earlier;
+        otherwise as soon as 100 ms allow."""
+        gap = now - self.last_frame
+        if not self.pending or gap < FRAME_GAP_S:
+            return False
+        return self.urgent or not self.flying or gap >= TICK_WAIT_S
 
     def add(self, key: Any, op: dict[str, Any], kafka_ms: int) -> None:
         self.pending[key] = op    # coalesced: the latest wins, in the place of the first
+        kind = op["k"]
+        if kind in URGENT:
+            self.urgent = True
+            if kind == "term":
+                self.flying = op["term"]["state"] == "flying"
         if self.oldest_ms is None or kafka_ms < self.oldest_ms:
             self.oldest_ms = kafka_ms
+        if self.newest_ms is None or kafka_ms > self.newest_ms:
+            self.newest_ms = kafka_ms
 
 
 class Push:
@@ -361,14 +385,15 @@ class Push:
         for room in list(self.rooms.values()):
             if not room.clients:
                 room.pending.clear()
-                room.oldest_ms = None
+                room.oldest_ms = room.newest_ms = None
                 continue
-            if now - room.last_frame < FRAME_GAP_S:
+            if room.pending and not room.due(now):
                 continue
             if room.pending:
-                frame = {"t": "delta", "ts": now_ms(), "src": room.oldest_ms, "ops": list(room.pending.values())}
+                frame = {"t": "delta", "ts": now_ms(), "src": room.oldest_ms, "new": room.newest_ms,
+                         "ops": list(room.pending.values())}
                 room.pending.clear()
-                src, room.oldest_ms = frame["src"], None
+                src, room.oldest_ms, room.newest_ms, room.urgent = frame["src"], None, None, False
                 self._broadcast(room, ws_text_frame(dumps(frame)), "delta")
                 if src:
                     LATENCY.observe(max(0.0, (now_ms() - src) / 1000))
@@ -379,11 +404,13 @@ class Push:
             room.last_frame = now
 
     def _broadcast(self, room: Room, frame: bytes, kind: str) -> None:
+        started = time.perf_counter()
         sent = 0
         for client in list(room.clients):
             if self._write(client, frame):
                 sent += 1
         FRAMES.labels(kind=kind).inc(sent)
+        BROADCAST.observe(time.perf_counter() - started)
 
     def _write(self, client: Client, frame: bytes) -> bool:
         transport = client.transport
@@ -529,7 +556,7 @@ class Push:
         snapshot: dict[str, Any] = {"t": "hello", "ts": now_ms(), "you": you}
         if channel_id is not None:
             view = self.views[channel_id]
-            snapshot["channel"] = view.snapshot()
+            snapshot["channel"] = view.snapshot(you["tag"] if you else None)
             snapshot["jackpots"] = {j: self.jackpot(j).public() for j in view.jackpot_ids}
         else:
             snapshot["jackpots"] = {jackpot_id: self.jackpot(jackpot_id).public()}

@@ -42,6 +42,7 @@ from streams.events import (
 __all__ = ["ChannelView", "JackpotView", "public_term", "mask", "HISTORY", "ENDED"]
 
 HISTORY = 50
+SNAPSHOT_BETS = 500
 MICRO = 1_000_000
 ENDED = frozenset({"crashed", "aborted", "closed"})
 TERMINAL_BET = frozenset({"cashed_out", "cancelled", "voided", "lost"})
@@ -98,9 +99,16 @@ class ChannelView:
 
     # ------------------------------------------------------------ what a client gets
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, tag: str | None = None) -> dict[str, Any]:
+        """What a client gets on connect. A round's bets are capped (the largest, and the
+        client's own): a snapshot must fit a client's buffer, and the page lists the top ones."""
+        bets = list(self.bets.values())
+        if len(bets) > SNAPSHOT_BETS:
+            top = sorted(bets, key=lambda b: -b["amount"])[:SNAPSHOT_BETS]
+            chosen = {b["bet_id"] for b in top}
+            bets = top + [b for b in bets if tag is not None and b["tag"] == tag and b["bet_id"] not in chosen]
         return {"channel_id": self.channel_id, "config": self.config, "term": public_term(self.term),
-                "bets": list(self.bets.values()), "history": self.history}
+                "bets": bets, "bets_count": len(self.bets), "history": self.history}
 
     @property
     def jackpot_ids(self) -> list[str]:
@@ -342,8 +350,8 @@ class JackpotView:
             d["near_cap"] = True
         elif isinstance(event, J.JackpotHit):
             hit = d.get("last_hit")
-            if hit is not None and hit.get("award_id") == event.award_id:
-                return []
+            if hit is not None and (hit.get("award_id") == event.award_id or event.cycle < hit.get("cycle", 0)):
+                return []          # seen, or older than the hit already shown (a replay)
             d["last_hit"] = {"award_id": event.award_id, "amount": event.amount, "cycle": event.cycle,
                              "at": event.ts, "winners": []}
             return [(key, {"k": "jackpot", "jackpot": self.public()}),
@@ -352,6 +360,8 @@ class JackpotView:
                                                  "currency": event.currency})]
         elif isinstance(event, J.JackpotAwarded):
             hit = d.get("last_hit")
+            if hit is not None and hit.get("award_id") != event.award_id and event.cycle < hit.get("cycle", 0):
+                return []
             if hit is None or hit.get("award_id") != event.award_id:
                 hit = d["last_hit"] = {"award_id": event.award_id, "amount": event.award_amount,
                                        "cycle": event.cycle, "at": event.ts, "winners": []}

@@ -6,7 +6,10 @@ token is self-contained, so that any gateway or push gateway process checks it w
 look-up:
 
     token   = base64url(payload JSON) "." base64url(HMAC-SHA256(CRASH_SESSION_SECRET, payload part))
-    payload = {"v": 1, "sub": user_id, "sid": random session id, "iat": ms, "exp": ms}
+    payload = {"v": 1, "sub": user_id, "sid": random session id, "iat": ms, "exp": ms, "grp"?: group}
+
+`grp` is the operator group of the key that asked for it (DESIGN section 11: a key acts only on
+its group's channels and players); the page's actions are held to that group's channels.
 
 The user id comes from the token only, never from a request body, so a player cannot act as
 another one; the pipeline refuses commands on a bet that is not theirs (`not_your_bet`).
@@ -48,6 +51,7 @@ class Session:
     session_id: str
     issued_at: int
     expires_at: int
+    group: str = ""            # the operator group whose channels the session may play ("" = any)
 
 
 def _b64(data: bytes) -> str:
@@ -62,15 +66,20 @@ def _mac(secret: str, payload_part: str) -> bytes:
     return hmac.new(secret.encode(), b"session." + payload_part.encode(), hashlib.sha256).digest()
 
 
-def issue(secret: str, user_id: str, ttl_s: int, now_ms: int | None = None) -> tuple[str, Session]:
-    """A token for `user_id`, valid for `ttl_s` seconds."""
+def issue(secret: str, user_id: str, ttl_s: int, now_ms: int | None = None, group: str = "") -> tuple[str, Session]:
+    """A token for `user_id`, valid for `ttl_s` seconds (on `group`'s channels, if one is given)."""
     if not ids.is_reference(user_id):
         raise ValueError(f"user_id must match {ids.REFERENCE.pattern}")
+    if group and not ids.is_name(group):
+        raise ValueError(f"group must match {ids.NAME.pattern}")
     if not 1 <= ttl_s <= MAX_TTL_S:
         raise ValueError(f"ttl_s must be in [1, {MAX_TTL_S}]")
     now = now_ms if now_ms is not None else int(time.time() * 1000)
-    session = Session(user_id=user_id, session_id=secrets.token_hex(8), issued_at=now, expires_at=now + ttl_s * 1000)
+    session = Session(user_id=user_id, session_id=secrets.token_hex(8), issued_at=now, expires_at=now + ttl_s * 1000,
+                      group=group)
     payload = {"v": VERSION, "sub": user_id, "sid": session.session_id, "iat": now, "exp": session.expires_at}
+    if group:
+        payload["grp"] = group
     part = _b64(json.dumps(payload, separators=(",", ":")).encode())
     return f"{part}.{_b64(_mac(secret, part))}", session
 
@@ -95,14 +104,17 @@ def verify(secret: str, token: str | None, now_ms: int | None = None) -> Session
         issued_at, expires_at = payload["iat"], payload["exp"]
     except (ValueError, KeyError, TypeError):
         raise SessionError("bad_session", "the session token is malformed") from None
-    if payload.get("v") != VERSION or not ids.is_reference(user_id) or not isinstance(expires_at, int):
+    group = payload.get("grp", "")
+    if (payload.get("v") != VERSION or not ids.is_reference(user_id) or not isinstance(expires_at, int)
+            or not (group == "" or ids.is_name(group))):
         raise SessionError("bad_session", "the session token is malformed")
     now = now_ms if now_ms is not None else int(time.time() * 1000)
     if now >= expires_at:
         raise SessionError("session_expired", "the session has expired: open the game again from the casino")
     if not isinstance(issued_at, int) or issued_at > now + CLOCK_SKEW_MS:
         raise SessionError("bad_session", "the session token was issued in the future")
-    return Session(user_id=user_id, session_id=str(session_id), issued_at=issued_at, expires_at=expires_at)
+    return Session(user_id=user_id, session_id=str(session_id), issued_at=issued_at, expires_at=expires_at,
+                   group=group)
 
 
 def bearer(authorization: str | None) -> str | None:

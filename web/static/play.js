@@ -461,7 +461,7 @@
       let elapsed = now - term.flying_at;
       if (stale || !S.connected) {
         // Frames stopped: freeze where the last frame left us rather than draw a guess.
-        if (S.frozenAt === null) S.frozenAt = multipleAt(Math.min(elapsed, now - term.flying_at - (performance.now() - S.lastFrame) + LAG_MS));
+        if (S.frozenAt === null) S.frozenAt = multipleAt(elapsed - (performance.now() - S.lastFrame));
         showLag = true;
       } else S.frozenAt = null;
       const x100 = S.frozenAt !== null ? S.frozenAt : multipleAt(elapsed);
