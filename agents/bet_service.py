@@ -9,12 +9,27 @@ sealed (grace_ms after bets_close_at) is refused as `late` rather than changing 
 Manual cashouts are checked here (owner, term flying, not after the crash, not behind the
 bet stream's watermark) and forwarded on game.bet, ordered with the bets, to the Cashout
 Service, which decides and answers.
+
+Bounded state (issue 10): the `orders` index keeps the orders of the terms that MySQL has not
+recorded yet. Each order belongs to the term whose settlement follows its events on game.bet
+(`Order.group`); when the sink has written that settlement, everything before it on the
+partition is in MySQL and it sends TermRecorded: CRASH_ORDER_KEEP_MS later (channel time, so
+that a cancel or cashout received in time but processed late still finds its order) the orders
+of that term are deleted and the channel's `history_before` moves to their newest receive time.
+A repeat of an order the index no longer has is recognised by the gateway's claim time
+(`PlaceBet.claimed_at`, MySQL's api_order row): claimed at or before `history_before`, it may
+be a pruned order, and the answer is `order_in_history` (no decision, nothing stored), upon
+which the gateway answers the first decision from MySQL's bet row (web/gateway.py). A repeat
+claimed later cannot be a pruned order.
 """
 from __future__ import annotations
+
+import logging
 
 from agents import term_jackpot
 from agents.context import CommandContext
 from streams import ids, metrics, money
+from streams.app import app, settings
 from streams.events import (
     BetCancelled,
     BetPlaced,
@@ -25,10 +40,92 @@ from streams.events import (
     Command,
     CommandReply,
     PlaceBet,
+    TermRecorded,
 )
 from tables import Order, orders, user_bets
 
+log = logging.getLogger(__name__)
+
 BET_TYPES = ("manual", "auto")
+IN_HISTORY = "order_in_history"
+
+# channel_id -> group (term seq) -> order keys: which orders a TermRecorded prunes. Process
+# memory, rebuilt from the (bounded) orders table after a rebalance; None = rebuild first.
+_groups: dict[str, dict[int, list[str]]] | None = None
+_stale = False
+
+
+def _mark_stale(*args, **kwargs) -> None:
+    global _stale
+    _stale = True
+
+
+app.on_partitions_revoked.connect(_mark_stale)
+app.on_partitions_assigned.connect(_mark_stale)
+
+
+def before_batch() -> None:
+    """At the start of a batch (never mid-batch): forget the group index after a rebalance."""
+    global _groups, _stale
+    if _stale:
+        _groups, _stale = None, False
+
+
+def _group_index() -> dict[str, dict[int, list[str]]]:
+    global _groups
+    if _groups is None:
+        _groups = {}
+        for key, order in orders.items():
+            _groups.setdefault(order.channel_id, {}).setdefault(order.group, []).append(key)
+        log.info("orders index: %d orders of %d channels", sum(len(k) for g in _groups.values()
+                                                                for k in g.values()), len(_groups))
+    return _groups
+
+
+def _remember(ctx: CommandContext, key: str, order: Order) -> None:
+    ctx.batch.staged.set(orders, key, order)
+    _group_index().setdefault(order.channel_id, {}).setdefault(order.group, []).append(key)
+
+
+def _prune_group(ctx: CommandContext) -> int:
+    """The term whose TermSettled comes after an order decided now (see the module docstring)."""
+    term = ctx.term()
+    if term is None:
+        return ctx.channel.seq + 1
+    return term.seq + 1 if term.book_sealed else term.seq
+
+
+async def forget_recorded(ctx: CommandContext, cmd: TermRecorded) -> None:
+    """The sink recorded the settlement of term `cmd.seq`: its orders go after the keep time."""
+    recorded = ctx.channel.recorded or []
+    if not any(seq == cmd.seq for seq, _ in recorded):
+        ctx.channel.recorded = [*recorded, [cmd.seq, ctx.channel.clock]]
+    await prune_due(ctx, cmd)
+
+
+async def prune_due(ctx: CommandContext, cmd: object = None) -> None:
+    """Prune the orders of the recorded terms whose keep time is over (run on every tick)."""
+    channel = ctx.channel
+    while channel.recorded and channel.recorded[0][1] + settings.order_keep_ms <= channel.clock:
+        seq = channel.recorded[0][0]
+        channel.recorded = channel.recorded[1:]
+        _prune(ctx, seq)
+
+
+def _prune(ctx: CommandContext, seq: int) -> None:
+    groups = _group_index().get(ctx.channel_id, {})
+    channel = ctx.channel
+    pruned = 0
+    for group in sorted(g for g in groups if g <= seq):
+        for key in groups.pop(group):
+            order = ctx.batch.staged.get(orders, key)
+            if order is None:
+                continue
+            channel.history_before = max(channel.history_before, order.received_at)
+            ctx.batch.staged.delete(orders, key)
+            pruned += 1
+    if pruned:
+        metrics.ORDERS_PRUNED.inc(pruned)
 
 
 def order_key(channel_id: str, api_order_no: str) -> str:
@@ -103,6 +200,10 @@ async def place_bet(ctx: CommandContext, cmd: PlaceBet) -> None:
         metrics.BET_DECISIONS.labels(outcome="repeat", reason="").inc()
         _answer(ctx, cmd, order)
         return
+    if cmd.claimed_at and cmd.claimed_at <= ctx.channel.history_before:
+        # Maybe an order pruned with its recorded term: MySQL holds its first decision.
+        metrics.BET_DECISIONS.labels(outcome="repeat", reason=IN_HISTORY).inc()
+        return refuse(ctx, cmd, IN_HISTORY, api_order_no=cmd.api_order_no)
     reason = _placement_refusal(ctx, cmd)
     term = ctx.term()
     term_id = term.term_id if term is not None and reason not in ("betting_closed",) else ""
@@ -110,9 +211,9 @@ async def place_bet(ctx: CommandContext, cmd: PlaceBet) -> None:
         api_order_no=cmd.api_order_no, channel_id=cmd.channel_id, user_id=cmd.user_id, amount=cmd.amount,
         currency=cmd.currency, bet_type=cmd.bet_type, received_at=cmd.ts, command_id=cmd.event_id,
         status="rejected" if reason else "placed", reason=reason, term_id=term_id,
-        auto_cashout_x100=cmd.auto_cashout_x100, debited=cmd.debited)
+        auto_cashout_x100=cmd.auto_cashout_x100, debited=cmd.debited, group=_prune_group(ctx))
     if reason:
-        staged.set(orders, key, order)
+        _remember(ctx, key, order)
         ctx.emit_bet(BetRejected(
             event_id=f"{cmd.event_id}.rejected", channel_id=cmd.channel_id, term_id=term_id, ts=cmd.ts,
             trace_id=cmd.trace_id, api_order_no=cmd.api_order_no, user_id=cmd.user_id, amount=cmd.amount,
@@ -126,7 +227,7 @@ async def place_bet(ctx: CommandContext, cmd: PlaceBet) -> None:
     order.bet_id = cmd.event_id
     order.max_win_x100 = money.max_multiple_within(cmd.amount, limits["max_win"])
     _set_user_orders(ctx, cmd.user_id, term.term_id, _user_orders(ctx, cmd.user_id, term.term_id) + [cmd.api_order_no])
-    staged.set(orders, key, order)
+    _remember(ctx, key, order)
     term.last_bet_at = max(term.last_bet_at, cmd.ts)
     ctx.save_term(term)
     ctx.emit_bet(BetPlaced(

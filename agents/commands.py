@@ -28,6 +28,7 @@ from streams.events import (
     PublishChain,
     StartTerm,
     TermJackpotHit,
+    TermRecorded,
     TermSettled,
     Tick,
 )
@@ -50,6 +51,8 @@ HANDLERS = {
     FeedJackpot: (term_orchestrator.feed_jackpot,),
     TermSettled: (term_orchestrator.close_term, term_jackpot.on_settled),
     TermJackpotHit: (term_jackpot.on_hit,),
+    TermRecorded: (bet_service.forget_recorded,),
+    Tick: (bet_service.prune_due,),
 }
 
 
@@ -93,7 +96,7 @@ def _advance_clock(ctx: CommandContext, record: Message) -> None:
 @app.agent(command_topic)
 async def command_processor(stream):
     await run_batches(stream, "commands", handle_command, expected=COMMAND_TOPIC_RECORDS, max_batch=500,
-                      after_batch=term_jackpot.emit_contributions)
+                      before_batch=bet_service.before_batch, after_batch=term_jackpot.emit_contributions)
 
 
 # ---------------------------------------------------------------- the clock

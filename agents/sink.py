@@ -10,7 +10,9 @@ Per batch (up to BATCH_MAX messages or what arrived within BATCH_WAIT_MS): decod
 writes (agents/sink_sql.py: one multi-row statement per table), run them in one transaction,
 then commit the batch's offsets. A kill -9 at any point redoes at most the uncommitted batch,
 and every write is idempotent. A cashout's bet update and its payout_outbox row are in one
-transaction, as are an award's winner row and its outbox row.
+transaction, as are an award's winner row and its outbox row. Once a term's settlement
+(TermSettled, after every other event of its bets on the partition) is committed, the sink sends
+TermRecorded to game.command: the pipeline may then forget the term's orders (bounded state).
 
 A database error about the connection (restart, failover) retries the batch until it succeeds,
 holding the offsets; any other error writes the batch event by event and sends the events that
@@ -38,11 +40,19 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from agents.sink_sql import NOT_LOGGED, plan
 from sql.db import make_engine
 from streams import jackpots, metrics
-from streams.codec import TYPE_HEADER, DecodeError, decode, encode, header_type
-from streams.events import BET_TOPIC_EVENTS, PAYOUT_TOPIC_EVENTS, TERM_TOPIC_EVENTS, DeadLetter, Message
+from streams.codec import TYPE_HEADER, DecodeError, decode, encode, header_type, type_header
+from streams.events import (
+    BET_TOPIC_EVENTS,
+    PAYOUT_TOPIC_EVENTS,
+    TERM_TOPIC_EVENTS,
+    DeadLetter,
+    Message,
+    TermRecorded,
+    TermSettled,
+)
 from streams.jackpot_events import JACKPOT_TOPIC_EVENTS, JackpotReconciled, JackpotSnapshot
 from streams.settings import Settings, get_settings
-from streams.topics import BET, DLQ, JACKPOT, PAYOUT, TERM
+from streams.topics import BET, COMMAND, DLQ, JACKPOT, PAYOUT, TERM
 
 log = logging.getLogger("crash.sink")
 
@@ -218,7 +228,18 @@ class Sink:
                  for index, error in await write(self.engine, items)]
         for record, _, _ in items:
             metrics.SINK_ROWS.labels(type=type(record).__name__).inc()
+            if isinstance(record, TermSettled):
+                sends.append(await self._recorded(record))
         return sends
+
+    async def _recorded(self, settled: TermSettled):
+        """Tell the channel that its term is in MySQL (its orders' index may forget it)."""
+        assert self.producer is not None
+        seq = int(settled.term_id.rsplit("-", 1)[1])
+        command = TermRecorded(event_id=f"{settled.term_id}.recorded", channel_id=settled.channel_id,
+                               term_id=settled.term_id, ts=_now_ms(), trace_id=settled.term_id, seq=seq)
+        return await self.producer.send(self.settings.topic(COMMAND), encode(command),
+                                        key=settled.channel_id.encode(), headers=type_header(command))
 
     async def _dead_letter(self, message: Any, error: str):
         import base64

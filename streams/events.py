@@ -42,6 +42,11 @@ class PlaceBet(Command):
     # Seamless mode: the gateway debited the player's wallet (order_no = api_order_no)
     # before placing; a refusal must then be refunded.
     debited: bool = False
+    # When MySQL's api_order table first saw this api_order_no (the gateway's claim); 0 = this
+    # command's own receive time. An order claimed long ago may have been pruned from the
+    # pipeline's index: the pipeline then answers `order_in_history` and the gateway answers
+    # the first decision from MySQL.
+    claimed_at: int = 0
 
 
 class CancelBet(Command):
@@ -90,6 +95,12 @@ class FeedJackpot(Command):
     jackpot_id: str
     feed: bool = True
     operator: str = ""
+
+
+class TermRecorded(Command):
+    """The sink wrote a term's settlement (and so every event of its orders before it) to MySQL:
+    the pipeline may forget those orders."""
+    seq: int
 
 
 class TermJackpotHit(Command):
@@ -386,7 +397,7 @@ REPLY_RECORDS = (CommandReply, JackpotReply)
 
 ALL_RECORDS: tuple[type[Message], ...] = (
     PlaceBet, CancelBet, CashoutBet, StartTerm, AbortTerm, ConfigureChannel, PublishChain, Tick,
-    FeedJackpot, TermJackpotHit,
+    FeedJackpot, TermJackpotHit, TermRecorded,
     ChannelConfigured, ChainPublished, TermCreated, TermStateChanged, TermTick, TermCrashed,
     TermAborted, TermClosed,
     BetPlaced, BetRejected, BetCancelled, CashoutRequested, BookMark, BetsSealed, BetCashedOut,

@@ -17,6 +17,7 @@ COMMAND_STALLS = Counter("crash_command_stalls_total",
 CHAIN_EXHAUSTED = Counter("crash_chain_exhausted_total", "Terms not created because no next chain is published",
                           ["channel"])
 
+ORDERS_PRUNED = Counter("crash_orders_pruned_total", "Orders dropped from the pipeline's index once MySQL has them")
 BET_DECISIONS = Counter("crash_bet_decisions_total", "Bet commands by outcome", ["outcome", "reason"])
 CASHOUTS = Counter("crash_cashouts_total", "Bets cashed out", ["mode"])
 CASHOUT_REFUSALS = Counter("crash_cashout_refusals_total", "Cashout requests refused", ["reason"])

@@ -96,6 +96,9 @@ class Settings:
     web_port: int = field(default_factory=lambda: _env_int("CRASH_WEB_PORT", 6066))
     session_timeout_ms: int = field(default_factory=lambda: _env_int("CRASH_SESSION_TIMEOUT_MS", 10000))
     tick_interval_ms: int = field(default_factory=lambda: _env_int("CRASH_TICK_INTERVAL_MS", 100))
+    # A term's orders stay in the pipeline's index this long (channel time) after MySQL has
+    # recorded the term: a cancel or cashout that comes that late still gets its real answer.
+    order_keep_ms: int = field(default_factory=lambda: _env_int("CRASH_ORDER_KEEP_MS", 60_000))
     # Commands stamped further in the future than this are refused (clock skew guard).
     clock_tolerance_ms: int = field(default_factory=lambda: _env_int("CRASH_CLOCK_TOLERANCE_MS", 2000))
     # MariaDB / MySQL (SQLAlchemy async URLs)
@@ -110,6 +113,9 @@ class Settings:
     gateway_host: str = field(default_factory=lambda: _env("CRASH_GATEWAY_HOST", "127.0.0.1"))
     gateway_port: int = field(default_factory=lambda: _env_int("CRASH_GATEWAY_PORT", 8080))
     gateway_id: str = field(default_factory=lambda: _env("CRASH_GATEWAY_ID", "gw-1"))
+    # Gateway processes sharing the port (SO_REUSEPORT; each answers under `<gateway id>-<n>`):
+    # one Python process is one core, and the bet API's HMAC, JSON and HTTP work is per request.
+    gateway_processes: int = field(default_factory=lambda: _env_int("CRASH_GATEWAY_PROCESSES", 1))
     decision_timeout_ms: int = field(default_factory=lambda: _env_int("CRASH_DECISION_TIMEOUT_MS", 5000))
     # Past this many bet API writes in flight, a new one is answered 503 + Retry-After at once
     # (shedding keeps the accepted ones' latency bounded); 0 turns shedding off.

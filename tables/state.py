@@ -37,6 +37,12 @@ class ChannelState(State):
     last_revealed: str = ""      # h of the newest revealed term: the next term's commitment
     current_term_id: str = ""
     clock: int = 0               # event time of the channel: the newest command time seen
+    # The newest receive time among the orders pruned from `orders` (their terms are recorded in
+    # MySQL): an order first claimed at or before it may be one of them (see agents/bet_service.py).
+    history_before: int = 0
+    # [[term seq, channel clock when recorded], ...]: recorded terms whose orders are pruned
+    # CRASH_ORDER_KEEP_MS later.
+    recorded: Optional[List[List[int]]] = None
 
 
 class TermState(State):
@@ -99,8 +105,15 @@ class Order(State):
     auto_cashout_x100: Optional[int] = None
     max_win_x100: int = 0
     debited: bool = False
+    # The term whose settlement follows this order's events on game.bet (its own term, or the
+    # next one when it was decided after its term's bets were sealed): the order is pruned when
+    # the sink reports that term recorded in MySQL (TermRecorded).
+    group: int = 0
 
 
+# Bounded: the orders of terms the sink has not yet recorded in MySQL (older repeats are answered
+# from MySQL's unique key, agents/bet_service.py), so its size, its changelog and a rebalance's
+# recovery follow the live terms, not the history.
 orders = app.Table("orders", value_type=Order, help="api_order_no index: first decision per order")
 # channel_id/user_id -> {"term_id", "orders"}: the user's live bets in the newest term (for
 # max_bets_per_user); a new term overwrites the entry, so the table stays one entry per player.

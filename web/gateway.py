@@ -10,11 +10,18 @@ process serves the jackpot API (web/jackpot_api.py).
 """
 from __future__ import annotations
 
+import ctypes
+import dataclasses
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
 import time
 from typing import Any
 
+import uvloop
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from sqlalchemy import text
@@ -39,6 +46,7 @@ log = logging.getLogger("crash.gateway")
 
 MAX_BODY = 16 * 1024
 MYSQL_DUPLICATE_KEY = 1062
+IN_HISTORY = "order_in_history"     # agents/bet_service.py: the order may be one it has forgotten
 
 REQUESTS = Counter("gateway_requests_total", "Bet API requests", ["op", "status"])
 SHED = Counter("gateway_shed_total", "Requests answered 503 at once because too many were in flight")
@@ -81,9 +89,42 @@ class Gateway:
         await self.db.dispose()
 
     async def decide(self, command: Command, op: str) -> CommandReply:
-        """Send one command to its channel and wait for the pipeline's answer."""
+        """Send one command to its channel and wait for the pipeline's answer.
+
+        A repeated PlaceBet (claimed before, `claimed_at` set) whose first decision MySQL already
+        holds is answered from it: a decision never changes, and the pipeline's index forgets
+        orders once their term is recorded (issue 10, bounded state). If the pipeline answers
+        `order_in_history`, MySQL holds the decision by then."""
         with DECISION_SECONDS.labels(op=op).time():
-            return await self.pipeline.decide(COMMAND, command.channel_id, command)
+            if isinstance(command, PlaceBet) and command.claimed_at:
+                recorded = await self.first_decision(command)
+                if recorded is not None:
+                    return recorded
+            reply = await self.pipeline.decide(COMMAND, command.channel_id, command)
+            if reply.reason == IN_HISTORY:
+                recorded = await self.first_decision(command)
+                if recorded is None:
+                    raise BadRequest(503, "decision_pending", "the first decision of this api_order_no is not"
+                                                              " readable yet; repeat the request")
+                return recorded
+            return reply
+
+    async def first_decision(self, command: PlaceBet) -> CommandReply | None:
+        """The first decision on the command's order, from MySQL's bet row (unique per channel and
+        api_order_no), as the pipeline answered it; None while the sink has not written it."""
+        async with self.db.connect() as conn:
+            row = (await conn.execute(text(
+                "SELECT bet_id, term_id, status, reason, amount, currency FROM bet"
+                " WHERE channel_id = :c AND api_order_no = :o"),
+                {"c": command.channel_id, "o": command.api_order_no})).first()
+        if row is None:
+            return None
+        return CommandReply(
+            event_id=f"{command.event_id}.reply", channel_id=command.channel_id, term_id=row.term_id or "",
+            ts=int(time.time() * 1000), trace_id=command.trace_id, gateway_id=command.gateway_id,
+            command_id=command.event_id, status="refused" if row.status == "rejected" else "accepted",
+            reason=row.reason or "", api_order_no=command.api_order_no, bet_id=row.bet_id or "",
+            amount=row.amount, currency=row.currency)
 
     def channel_config(self, channel_id: str) -> dict[str, Any]:
         config = self.channels.get(channel_id)
@@ -98,7 +139,9 @@ class Gateway:
         Refused before anything else happens to the order (no debit, no command): a reuse on
         another channel, and a reuse in the other mode, e.g. a seamless debit on a number the
         pipeline already decided in transfer mode (that debit would have had no bet to refund it).
-        A repeat on the same channel and mode goes on, and gets the pipeline's first decision.
+        A repeat on the same channel and mode goes on, and gets the first decision: the command
+        carries the first claim's time (`claimed_at`), so that the pipeline can tell a repeat of
+        an order it has forgotten (see `decide`).
         """
         group, number = config["operator_group"], command.api_order_no
         try:
@@ -114,7 +157,7 @@ class Gateway:
                 raise
         async with self.db.connect() as conn:
             owner = (await conn.execute(text(
-                "SELECT channel_id, mode FROM api_order WHERE operator_group = :g AND api_order_no = :o"),
+                "SELECT channel_id, mode, claimed_at FROM api_order WHERE operator_group = :g AND api_order_no = :o"),
                 {"g": group, "o": number})).one()
         if owner.channel_id != command.channel_id:
             raise BadRequest(409, "order_no_taken",
@@ -123,6 +166,7 @@ class Gateway:
             raise BadRequest(409, "order_no_taken",
                              f"api_order_no {number} was already used in {owner.mode} mode; this request is"
                              f" {mode} mode (nothing was debited)")
+        command.claimed_at = int(owner.claimed_at)
 
     def command_fields(self, request: web.Request, channel_id: str) -> dict[str, Any]:
         command_id = str(ULID())
@@ -316,4 +360,32 @@ def make_app(settings: Settings | None = None) -> web.Application:
 def main() -> None:
     settings = get_settings()
     logging.basicConfig(level=settings.log_level.upper(), format="[%(asctime)s] [%(levelname)s] %(name)s: %(message)s")
-    web.run_app(make_app(settings), host=settings.gateway_host, port=settings.gateway_port, access_log=None)
+    uvloop.install()        # cheaper sockets and callbacks per request (issue 10)
+    processes = settings.gateway_processes
+    if processes > 1 and "CRASH_GATEWAY_CHILD" not in os.environ:
+        # The first process starts the others on the same port (SO_REUSEPORT: the kernel spreads
+        # the connections); each has a gateway id of its own, so its answers come back to it.
+        children = [_start_child(settings, n) for n in range(1, processes)]
+        settings = dataclasses.replace(settings, gateway_id=f"{settings.gateway_id}-0")
+        try:
+            web.run_app(make_app(settings), host=settings.gateway_host, port=settings.gateway_port,
+                        access_log=None, reuse_port=True)
+        finally:
+            for child in children:
+                child.terminate()
+            for child in children:
+                child.wait(30)
+        return
+    web.run_app(make_app(settings), host=settings.gateway_host, port=settings.gateway_port, access_log=None,
+                reuse_port=processes > 1)
+
+
+def _start_child(settings: Settings, n: int) -> subprocess.Popen:
+    def die_with_parent() -> None:      # a child outliving a killed parent would hold the port
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)     # PR_SET_PDEATHSIG
+    env = {**os.environ, "CRASH_GATEWAY_CHILD": str(n), "CRASH_GATEWAY_ID": f"{settings.gateway_id}-{n}"}
+    return subprocess.Popen([sys.executable, "-m", "web.gateway"], env=env, preexec_fn=die_with_parent)
+
+
+if __name__ == "__main__":
+    main()

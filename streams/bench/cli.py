@@ -38,7 +38,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "mode": "quick" if args.quick else "full", "label": args.label, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "command": " ".join(["crash-bench", *sys.argv[1:]]), "machine": {
             "cores": os.cpu_count(), "load_before": os.getloadavg()[0], "python": platform.python_version()}}
-    dep = bench.main = Deployment("bench", base, bench.work / "main")
+    results["gateway_processes"] = args.gateways
+    dep = bench.main = Deployment("bench", base, bench.work / "main",
+                                  {"CRASH_GATEWAY_PROCESSES": str(args.gateways)})
     try:
         await dep.open()
         await dep.start_worker(1)
@@ -95,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="short phases, for development")
     parser.add_argument("--only", default="", help=f"comma-separated phases of {','.join(PHASES)}")
     parser.add_argument("--label", default="", help="a note stored with the figures (e.g. the commit)")
+    parser.add_argument("--gateways", type=int, default=2, help="gateway processes (CRASH_GATEWAY_PROCESSES)")
     parser.add_argument("--profile", action="store_true",
                         help="sample the workers with py-spy during the sustained phase (var/bench/profiles/)")
     args = parser.parse_args(argv)
