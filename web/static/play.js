@@ -354,9 +354,15 @@
       case "bet":
         if (S.term && op.bet.term_id === S.term.term_id) {
           S.bets.set(op.bet.bet_id, op.bet);
+          const slot = slots.find((s) => s.betId === op.bet.bet_id);
           if (op.bet.status === "cashed_out") {
-            const slot = slots.find((s) => s.betId === op.bet.bet_id);
             if (slot && (slot.status === "placed" || slot.status === "cashing")) cashedOut(slot, op.bet.multiple_x100, op.bet.payout);
+          } else if (op.bet.status === "voided" && slot && slot.status === "placed") {
+            slot.status = "idle"; slot.betId = null;
+            slotMessage(slot, "The round was cancelled: your stake is refunded", "bad");
+            say(`Bet ${slot.index + 1}: the round was cancelled, the stake is refunded`, "bad");
+            refreshBalance();
+            renderSlots();
           }
         }
         break;
