@@ -44,6 +44,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         await dep.open()
         await dep.start_worker(1)
+        dep.start_sink()
         await dep.start_ops()
         await dep.start_gateway()
         if "baseline" in wanted:

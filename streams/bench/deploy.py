@@ -194,8 +194,10 @@ class Deployment:
         return proc
 
     async def start_worker(self, index: int = 1) -> Proc:
+        # -l info as production runs it: at warn and above, Faust's terminal spinner turns the root
+        # logger to DEBUG, and every debug call of Faust builds a log record (5 % of the worker).
         port = self.worker_ports.setdefault(index, free_port())
-        proc = self.start(f"worker-{index}", [str(BIN / "crash-worker"), "worker", "-l", "warn"],
+        proc = self.start(f"worker-{index}", [str(BIN / "crash-worker"), "worker", "-l", "info"],
                           {"CRASH_WEB_PORT": str(port), "CRASH_DATA_DIR": str(self.tmp / f"faust-{index}")})
         await self.wait_http(f"http://127.0.0.1:{port}/metrics", proc)
         return proc
@@ -206,10 +208,16 @@ class Deployment:
         if not (BIN / "crash-ops").exists() or not (REPO / "web" / "ops.py").exists():
             return None
         self.ops_port = free_port()
-        proc = self.start("ops", [str(BIN / "crash-ops"), "worker", "-l", "warn"],
+        proc = self.start("ops", [str(BIN / "crash-ops"), "worker", "-l", "info"],
                           {"CRASH_WEB_PORT": str(self.ops_port), "CRASH_DATA_DIR": str(self.tmp / "faust-ops")})
         await self.wait_http(f"http://127.0.0.1:{self.ops_port}/ops/channels", proc)
         return proc
+
+    def start_sink(self) -> Proc | None:
+        """The sink's own process (crash-sink), where this tree has one (else it is a worker agent)."""
+        if not (BIN / "crash-sink").exists() or not (REPO / "agents" / "sink_sql.py").exists():
+            return None
+        return self.start("sink", [str(BIN / "crash-sink")], {"CRASH_SINK_METRICS_PORT": "0"})
 
     async def start_gateway(self) -> Proc:
         proc = self.start("gateway", [str(BIN / "crash-gateway")])

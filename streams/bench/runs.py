@@ -328,6 +328,7 @@ class Run:
         try:
             await dep.open()
             await dep.start_worker(1)
+            dep.start_sink()
             await dep.start_ops()
             partitions = list(range(self.base.partitions))
             names: dict[int, str] = {}
