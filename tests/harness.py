@@ -604,19 +604,30 @@ NO_FAULTS = {"latency_ms": 0, "latency_jitter_ms": 0, "error_rate": 0, "timeout_
              "drop_rate": 0}
 
 
-async def settle_everything(pipe) -> None:
+class Pending(dict):
+    """What is still pending (false, so that wait_for goes on; shown when it gives up)."""
+
+    def __bool__(self) -> bool:
+        return False
+
+
+async def settle_everything(pipe, timeout: float = 240) -> None:
     """Wait until no debit is unresolved, every term with bets is closed and every payout acked."""
-    async def quiet() -> bool:
-        pending = await pipe.rows("SELECT COUNT(*) AS n FROM player_debit WHERE state IN ('pending', 'debited')")
-        open_bets = await pipe.rows(
-            "SELECT COUNT(*) AS n FROM bet b JOIN crash_term t ON t.term_id = b.term_id"
-            " WHERE b.status = 'placed' OR t.state <> 'closed'")
-        unpaid = await pipe.rows("SELECT COUNT(*) AS n FROM payout_outbox WHERE status <> 'acked'")
-        refunds_due = await pipe.rows(
-            "SELECT COUNT(*) AS n FROM bet WHERE (status IN ('cancelled', 'voided'))"
-            " OR (status = 'rejected' AND debited = 1 AND refund IS NULL)")
-        return pending[0]["n"] == open_bets[0]["n"] == unpaid[0]["n"] == refunds_due[0]["n"] == 0
-    await wait_for(quiet, 240, "every debit resolved, term closed, payout acked and refund recorded", every=1)
+    async def quiet() -> bool | Pending:
+        left = {
+            "debits": await pipe.rows(
+                "SELECT channel_id, api_order_no, state FROM player_debit WHERE state IN ('pending', 'debited')"),
+            "open_bets": await pipe.rows(
+                "SELECT b.api_order_no, b.status, t.term_id, t.state FROM bet b JOIN crash_term t"
+                " ON t.term_id = b.term_id WHERE b.status = 'placed' OR t.state <> 'closed'"),
+            "unpaid": await pipe.rows(
+                "SELECT order_no, status, retry_count, last_error FROM payout_outbox WHERE status <> 'acked'"),
+            "refunds_due": await pipe.rows(
+                "SELECT api_order_no, status, debited, refund FROM bet WHERE (status IN ('cancelled', 'voided'))"
+                " OR (status = 'rejected' AND debited = 1 AND refund IS NULL)"),
+        }
+        return not any(left.values()) or Pending({k: v[:5] for k, v in left.items() if v})
+    await wait_for(quiet, timeout, "every debit resolved, term closed, payout acked and refund recorded", every=1)
 
 
 async def check_ledgers(pipe, wallet_db, users: list[str]) -> dict[str, int]:
@@ -657,7 +668,11 @@ async def check_ledgers(pipe, wallet_db, users: list[str]) -> dict[str, int]:
     for user in users:
         flow = flows[user]
         expected = BALANCE - flow["stakes"] + flow["cashouts"] + flow["refunds"]
-        assert balances.get(user, BALANCE) == expected, (user, flow)
+        assert balances.get(user, BALANCE) == expected, (
+            user, flow, "balance", balances.get(user, BALANCE), "expected", expected,
+            "wallet", sorted((t["order_no"], t["op"], t["amount"], t["status"]) for t in txs if t["user_id"] == user),
+            "bets", sorted((b["api_order_no"], b["status"], b["amount"], b["payout"], b["refund"], b["debited"])
+                           for b in bets if b["user_id"] == user))
     return {k: sum(f[k] for f in flows.values()) for k in ("stakes", "cashouts", "refunds")}
 
 
