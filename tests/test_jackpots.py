@@ -107,7 +107,7 @@ async def place(pipe, channel_id: str, user: str, amount: int, auto: int | None 
 async def term_feeding(pipe, channel_id: str, jackpot_ids: set[str], timeout: float = 60) -> dict:
     """The next term of the channel taking bets whose config feeds all of `jackpot_ids`."""
     async def found():
-        term = await taking_bets(pipe, channel_id, window_left_ms=700)
+        term = await taking_bets(pipe, channel_id, window_left_ms=2000)
         rows = await pipe.rows("SELECT config FROM crash_term WHERE term_id = :t", t=term["term_id"])
         return term if rows and jackpot_ids <= set(json.loads(rows[0]["config"]).get("jackpots", [])) else None
     return await wait_for(found, timeout, f"a term of {channel_id} feeding {jackpot_ids}", every=0.2)
@@ -147,7 +147,7 @@ async def secret(base_settings, jackpot_id: str, cycle: int) -> tuple[int, str]:
 
 async def test_bets_on_two_channels_and_rest_contributions_reconcile_exactly(pipe):
     group = f"{pipe.name}-g"
-    channel_a = await pipe.create_channel("a", operator_group=group)
+    channel_a = await pipe.create_channel("a", operator_group=group, betting_ms=3000)
     local = jid(pipe, "local-a")
     shared = jid(pipe, "shared")
     mega = jid(pipe, "mega")
@@ -159,7 +159,7 @@ async def test_bets_on_two_channels_and_rest_contributions_reconcile_exactly(pip
     await create_jackpot(pipe, jackpot_id=mega, tier="mega", currency="EUR", rate_bps=7, seed=100_000, cap=10**10,
                          trigger="external")
     # A channel created after the jackpots feeds those of its scope from its first term.
-    channel_b = await pipe.create_channel("b", operator_group=group)
+    channel_b = await pipe.create_channel("b", operator_group=group, betting_ms=3000)
     await pipe.wait_gateway_channel(channel_a)
     await pipe.wait_gateway_channel(channel_b)
     feeds = {channel_a: {local, shared, mega}, channel_b: {shared, mega}}
@@ -264,8 +264,9 @@ async def test_must_hit_by_hits_at_the_committed_value_and_the_overflow_carries(
 # ------------------------------------------------------------------ the term jackpot
 
 async def test_term_jackpot_pays_the_podium_and_without_cashouts_the_triggering_bet(pipe, base_settings):
-    config = {**FAST_CONFIG, "growth_per_ms": "0.0004"}
-    channel_id = await pipe.create_channel("term")
+    # A betting window long enough for the trigger bet, its hit and the four other bets.
+    config = {**FAST_CONFIG, "growth_per_ms": "0.0004", "betting_ms": 5000}
+    channel_id = await pipe.create_channel("term", betting_ms=5000)
     await pipe.wait_gateway_channel(channel_id)
     jackpot_id = jid(pipe, "term")
     # Seed 10000 and cap 10001: the first contribution of a cycle reaches the hit value. The
@@ -279,7 +280,7 @@ async def test_term_jackpot_pays_the_podium_and_without_cashouts_the_triggering_
 
     async def feeding_term_with(wanted):
         async def found():
-            term, crash = await next_term(pipe, channel_id, crash_of, wanted, window_left_ms=900)
+            term, crash = await next_term(pipe, channel_id, crash_of, wanted, window_left_ms=4000)
             rows = await pipe.rows("SELECT config FROM crash_term WHERE term_id = :t", t=term["term_id"])
             ok = rows and jackpot_id in json.loads(rows[0]["config"]).get("jackpots", [])
             return (term, crash) if ok else None
@@ -362,7 +363,7 @@ async def test_near_simultaneous_hits_and_five_identical_awards(pipe):
 # ------------------------------------------------------------------ parameters and pauses
 
 async def test_a_change_applies_at_the_next_reset_and_a_paused_pool_refuses_and_keeps(pipe):
-    channel_id = await pipe.create_channel("params")
+    channel_id = await pipe.create_channel("params", betting_ms=3000)
     await pipe.wait_gateway_channel(channel_id)
     jackpot_id = jid(pipe, "params")
     await create_jackpot(pipe, jackpot_id=jackpot_id, tier="local", channel_id=channel_id, currency="EUR",
