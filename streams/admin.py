@@ -5,6 +5,9 @@
     crash-admin watch               print a live summary until interrupted (the demo's screen)
     crash-admin demo-game           the demo's second game: a slot machine feeding jackpots over REST
     crash-admin webhook-receiver    print the jackpots' near-cap notices (the demo's webhook)
+    crash-admin operator add NAME --role admin|reader [--group G] [--replace]
+                                    an operators' console account (password from stdin, no echo)
+    crash-admin operator list | disable NAME | enable NAME
 """
 from __future__ import annotations
 
@@ -67,6 +70,61 @@ async def _wait_until_visible(admin: AIOKafkaAdminClient, names: list[str], time
         await asyncio.sleep(0.1)
 
 
+def read_password(prompt: str = "password: ") -> str:
+    """The new password: asked twice without echo on a terminal, else one line of stdin (scripts,
+    `./stack`), never from the command line (it would stay in the shell's history and in `ps`)."""
+    import getpass
+    if sys.stdin.isatty():
+        first = getpass.getpass(prompt)
+        if getpass.getpass("again: ") != first:
+            raise SystemExit("the two passwords differ")
+        return first
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+async def operator_command(settings: Settings, args: argparse.Namespace) -> int:
+    """`crash-admin operator ...`: each change of an account is a row of the audit log (actor
+    `cli:<OS user>`) before it is made."""
+    import getpass
+
+    from sql.db import make_engine
+    from streams.audit import AuditLog
+    from web import accounts as A
+    engine = make_engine(settings.db_url, pool_size=1)
+    actor = f"cli:{getpass.getuser()}"[:128]
+    try:
+        if args.action == "list":
+            for account in await A.list_accounts(engine):
+                print(f"{account.name}\t{account.role}\t{account.group or '*'}"
+                      + ("\tdisabled" if account.disabled else ""))
+            return 0
+        if args.action in ("disable", "enable"):
+            if await A.get_account(engine, args.name) is None:
+                print(f"no operator {args.name}", file=sys.stderr)
+                return 1
+            await AuditLog(engine).append(actor, "", f"operator.{args.action}", {"name": args.name}, target=args.name)
+            await A.set_disabled(engine, args.name, args.action == "disable")
+            print(f"operator {args.name} {args.action}d")
+            return 0
+        try:
+            A.check_account_fields(args.name, args.role, args.group)
+            password_hash = A.hash_password(read_password())
+            existing = await A.get_account(engine, args.name)
+            if existing is not None and not args.replace:
+                raise A.AccountError(f"operator {args.name} exists (--replace sets a new password, role and group)")
+            await AuditLog(engine).append(actor, "", "operator.replace" if existing else "operator.add",
+                                          {"name": args.name, "role": args.role, "group": args.group},
+                                          target=args.name)
+            done = await A.add_account(engine, args.name, args.role, args.group, password_hash, replace=args.replace)
+        except A.AccountError as error:
+            print(f"crash-admin operator add: {error}", file=sys.stderr)
+            return 2
+        print(f"operator {args.name} {done} (role {args.role}, group {args.group or 'every group'})")
+        return 0
+    finally:
+        await engine.dispose()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="crash-admin", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -79,8 +137,20 @@ def main(argv: list[str] | None = None) -> int:
     game.add_argument("--spins", type=float, default=4.0, help="spins per second")
     receiver = sub.add_parser("webhook-receiver", help="print near-cap notices")
     receiver.add_argument("--port", type=int, default=8095)
+    operator = sub.add_parser("operator", help="the operators' console accounts")
+    accounts = operator.add_subparsers(dest="action", required=True)
+    add = accounts.add_parser("add", help="add an account; the password is read from stdin (not echoed)")
+    add.add_argument("name")
+    add.add_argument("--role", required=True, choices=["admin", "reader"])
+    add.add_argument("--group", default="", help="the operator group it acts on (default: every group)")
+    add.add_argument("--replace", action="store_true", help="an existing account gets this password, role, group")
+    accounts.add_parser("list", help="every account (never a password)")
+    for action in ("disable", "enable"):
+        accounts.add_parser(action, help=f"{action} an account").add_argument("name")
     args = parser.parse_args(argv)
     settings = get_settings()
+    if args.command == "operator":
+        return asyncio.run(operator_command(settings, args))
     if args.command == "topics":
         created = asyncio.run(create_topics(settings))
         print(f"topics: {len(created)} created" + (f" ({', '.join(created)})" if created else ""))

@@ -149,6 +149,19 @@ class Settings:
     push_client_buffer: int = field(default_factory=lambda: _env_int("CRASH_PUSH_CLIENT_BUFFER", 262144))
     session_secret: str = _secret("CRASH_SESSION_SECRET", "dev-session-secret")
     session_ttl_s: int = field(default_factory=lambda: _env_int("CRASH_SESSION_TTL_S", 900))
+    # The operators' console (web/console.py, served by crash-ops): its session cookies are signed
+    # with this secret (production refuses the development default) and last this long idle,
+    # refreshed on use. Failed logins: at most this many per account name and per client address
+    # within the window, then 429 until the oldest failure leaves it. Proxy hops: reverse proxies
+    # in front of crash-ops that append the client's address to X-Forwarded-For (0: the peer is
+    # the client; never trust the header beyond the proxies you run).
+    console_secret: str = _secret("CRASH_CONSOLE_SECRET", "dev-console-secret")
+    console_session_ttl_s: int = field(default_factory=lambda: _env_int("CRASH_CONSOLE_SESSION_TTL_S", 900))
+    console_login_window_s: int = field(default_factory=lambda: _env_int("CRASH_CONSOLE_LOGIN_WINDOW_S", 900))
+    console_failures_per_name: int = field(default_factory=lambda: _env_int("CRASH_CONSOLE_FAILURES_PER_NAME", 5))
+    console_failures_per_address: int = field(
+        default_factory=lambda: _env_int("CRASH_CONSOLE_FAILURES_PER_ADDRESS", 20))
+    console_proxy_hops: int = field(default_factory=lambda: _env_int("CRASH_CONSOLE_PROXY_HOPS", 0))
     # Public base URLs as a browser sees them: the page (push gateway) and the bet API it calls.
     page_url: str = field(default_factory=lambda: _env("CRASH_PAGE_URL", "http://127.0.0.1:8082"))
     page_api_url: str = field(default_factory=lambda: _env("CRASH_PAGE_API_URL", "http://127.0.0.1:8080"))

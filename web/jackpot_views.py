@@ -26,13 +26,23 @@ from sqlalchemy import text
 from ulid import ULID
 
 from streams import audit, ids, jackpots
-from streams.codec import encode
 from streams.events import FeedJackpot
 from streams.jackpot_events import ConfigureJackpot, ReconcileJackpot, SetJackpotStatus
 from streams.jackpot_verify import verify_jackpot
 from streams.topics import command_topic, jackpot_command_topic
 from web.jackpot_api import RULES
-from web.operator_views import READ_ROLES, admin_body, app, db, fetch_all, out_of_scope, problem, signed_caller
+from web.operator_views import (
+    READ_ROLES,
+    admin_body,
+    app,
+    db,
+    fetch_all,
+    out_of_scope,
+    presents_credentials,
+    problem,
+    sent,
+    signed_caller,
+)
 
 __all__ = ["channels_in_scope"]
 
@@ -49,7 +59,7 @@ def _decode(row: dict[str, Any], *names: str) -> dict[str, Any]:
 
 
 async def _send(command) -> None:
-    await jackpot_command_topic.send(key=command.jackpot_id.encode(), value=encode(command))
+    await sent(jackpot_command_topic, command.jackpot_id, command)
 
 
 async def _jackpot_row(jackpot_id: str) -> dict[str, Any] | None:
@@ -128,7 +138,7 @@ class Jackpots(web.View):
         jackpot_id = definition["jackpot_id"]
         if (refused := out_of_scope(body, await group_of(definition))) is not None:
             return refused
-        await audit.append(body["_operator"], body["_operator"], "jackpot.create",
+        await audit.append(body["_operator"], body["_key_id"], "jackpot.create",
                            audit.request_summary(request, body), target=jackpot_id)
         # The row is written before the command (version 0, "being created"), so that a channel
         # created right after it already feeds it; the pool's JackpotConfigured replaces it.
@@ -138,9 +148,9 @@ class Jackpots(web.View):
                                      definition=definition, create=True, operator=body["_operator"]))
         fed = await channels_in_scope(definition)
         for channel_id in fed:
-            await command_topic.send(key=channel_id.encode(), value=encode(FeedJackpot(
+            await sent(command_topic, channel_id, FeedJackpot(
                 event_id=str(ULID()), channel_id=channel_id, ts=_now(), jackpot_id=jackpot_id,
-                operator=body["_operator"])))
+                operator=body["_operator"]))
         return self.json({"jackpot_id": jackpot_id, "definition": definition, "fed_by": fed,
                           "feeding": "from each channel's next term"}, status=202)
 
@@ -167,7 +177,7 @@ class JackpotView(web.View):
             "SELECT w.*, o.status AS payout_status FROM jackpot_award_winner w LEFT JOIN payout_outbox o"
             " ON o.order_no = w.order_no WHERE w.jackpot_id = :j ORDER BY w.ts DESC, w.rank_no LIMIT 100",
             j=jackpot_id)
-        signed = "X-Key-Id" in request.headers
+        signed = presents_credentials(request)      # a signature or a console session
         if signed:
             caller, error = await signed_caller(request, READ_ROLES)
             if error is not None:
@@ -207,7 +217,7 @@ class JackpotConfig(web.View):
             definition = jackpots.validate(changes, row["pending"] or row["definition"])
         except jackpots.DefinitionError as exc:
             return problem(400, "bad_definition", str(exc))
-        await audit.append(body["_operator"], body["_operator"], "jackpot.config",
+        await audit.append(body["_operator"], body["_key_id"], "jackpot.config",
                            audit.request_summary(request, body), target=jackpot_id)
         await _send(ConfigureJackpot(event_id=str(ULID()), channel_id="", ts=_now(), jackpot_id=jackpot_id,
                                      definition=definition, operator=body["_operator"]))
@@ -229,7 +239,7 @@ class JackpotStatus(web.View):
         _, error = await _scoped_row(body, jackpot_id)
         if error:
             return error
-        await audit.append(body["_operator"], body["_operator"], f"jackpot.{status}",
+        await audit.append(body["_operator"], body["_key_id"], f"jackpot.{status}",
                            audit.request_summary(request, body), target=jackpot_id)
         await _send(SetJackpotStatus(event_id=str(ULID()), channel_id="", ts=_now(), jackpot_id=jackpot_id,
                                      status=status, operator=body["_operator"], reason=reason))
@@ -251,11 +261,11 @@ class JackpotFeeds(web.View):
             return problem(400, "bad_request", "feed must be true or false")
         if channel_id not in await channels_in_scope(row["definition"]):
             return problem(400, "out_of_scope", f"channel {channel_id} is not in the scope of jackpot {jackpot_id}")
-        await audit.append(body["_operator"], body["_operator"], "jackpot.feed", audit.request_summary(request, body),
+        await audit.append(body["_operator"], body["_key_id"], "jackpot.feed", audit.request_summary(request, body),
                            target=jackpot_id)
-        await command_topic.send(key=channel_id.encode(), value=encode(FeedJackpot(
+        await sent(command_topic, channel_id, FeedJackpot(
             event_id=str(ULID()), channel_id=channel_id, ts=_now(), jackpot_id=jackpot_id, feed=feed,
-            operator=body["_operator"])))
+            operator=body["_operator"]))
         return self.json({"jackpot_id": jackpot_id, "channel_id": channel_id, "feed": feed,
                           "applies": "from the channel's next term"}, status=202)
 

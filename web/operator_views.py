@@ -3,8 +3,11 @@ worker) (DESIGN section 1: channel config, manual start/abort, term history, fai
 payout outbox).
 
 Public reads (GET) are open: they show only published data (configs, revealed hashes, results
-without player ids). Operational reads (the payout outbox: players and amounts) need a signed
-request from a `reader` or `admin` key; writes (POST) a key with the admin role (web.signing).
+without player ids). Operational reads (the payout outbox: players and amounts; the audit log)
+need a signed request from a `reader` or `admin` key; writes (POST) a key with the admin role
+(web.signing). An operators' console session (web/console.py: an account's login, a cookie and
+a CSRF token) stands in for a signature, with the same roles and group scoping: `signed_caller`
+is the one place that decides who is calling.
 Commands go to game.command, so any worker can take them; their effect shows in the
 term views (the definitive answers to players go through the gateway instead).
 """
@@ -30,6 +33,8 @@ from streams.events import AbortTerm, ConfigureChannel, StartTerm
 from streams.topics import command_topic
 from streams.verify import verify_channel
 from tables.chain_store import chain_store
+from web import console
+from web.http import BadRequest
 from web.signing import Caller, NonceStoreUnavailable, RedisNonceStore, SignatureError, Verifier
 
 _engine = None
@@ -67,7 +72,14 @@ READ_ROLES = ("reader", "admin")
 
 async def signed_caller(request, roles: tuple[str, ...], raw: bytes = b"") -> tuple[Caller | None,
                                                                                    aioweb.Response | None]:
-    """(caller, None) for a request signed by a key of one of `roles`, else (None, error response)."""
+    """(caller, None) for a request signed by a key of one of `roles`, or made with a console
+    session of an account of one of them (a cookie and, for a write, its CSRF token; never for a
+    signed request), else (None, error response)."""
+    if console.carries_session(request):
+        try:
+            return await console.session_caller(request, roles), None
+        except BadRequest as refusal:
+            return None, problem(refusal.status, refusal.error, refusal.reason)
     try:
         caller = await verifier().verify(request.method, request.path_qs, request.headers, raw)
     except SignatureError as error:
@@ -94,9 +106,18 @@ async def admin_body(request) -> tuple[dict[str, Any] | None, aioweb.Response | 
         return None, problem(400, "bad_request", "body is not JSON")
     if not isinstance(body, dict):
         return None, problem(400, "bad_request", "body must be a JSON object")
-    body["_operator"] = caller.key_id
+    # The actor the audit log names (a key, or a console session's account) and the key id
+    # (a key's, or `console:<session id>`).
+    body["_operator"] = caller.account if isinstance(caller, console.SessionCaller) else caller.key_id
+    body["_key_id"] = caller.key_id
     body["_group"] = caller.group
     return body, None
+
+
+def presents_credentials(request) -> bool:
+    """Whether a request claims to be someone (a signature or a console session): a read that
+    shows more to readers than to anyone checks such a claim, and refuses a bad one."""
+    return "X-Key-Id" in request.headers or console.carries_session(request)
 
 
 def out_of_scope(body: dict[str, Any], operator_group: str | None) -> aioweb.Response | None:
@@ -105,7 +126,8 @@ def out_of_scope(body: dict[str, Any], operator_group: str | None) -> aioweb.Res
     group = body.get("_group", "")
     if not group or group == operator_group:
         return None
-    return problem(403, "forbidden", f"key {body['_operator']} acts only on operator group {group}")
+    who = "operator" if body.get("_key_id", "").startswith("console:") else "key"
+    return problem(403, "forbidden", f"{who} {body['_operator']} acts only on operator group {group}")
 
 
 def query_limit(request, default: int) -> int | None:
@@ -121,7 +143,13 @@ def now_ms() -> int:
 
 
 async def send_command(command) -> None:
-    await command_topic.send(key=command.channel_id.encode(), value=encode(command))
+    await sent(command_topic, command.channel_id, command)
+
+
+async def sent(topic, key: str, command) -> None:
+    """Send a command and wait for Kafka's acknowledgement: a 202 means the command is in the log
+    (Faust's send only buffers it), and it is ordered before whatever the caller does next."""
+    await (await topic.send(key=key.encode(), value=encode(command)))
 
 
 async def fetch_all(sql: str, **params) -> list[dict[str, Any]]:
@@ -188,7 +216,7 @@ class Channels(web.View):
         # creation the sink has not recorded yet.
         if await channel_row(channel_id) is not None or await chain_store().exists(channel_id, 1):
             return problem(409, "exists", f"channel {channel_id} exists; change its config instead")
-        await audit.append(body["_operator"], body["_operator"], "channel.create",
+        await audit.append(body["_operator"], body["_key_id"], "channel.create",
                            audit.request_summary(request, body), target=channel_id)
         chain = await chain_store().create(channel_id, 1, config["chain_length"])
         public = {"chain_no": 1, "length": chain.length, "terminator": chain.terminator.hex(),
@@ -235,7 +263,7 @@ class ChannelConfig(web.View):
             return problem(400, "bad_config", str(exc))
         if (refused := out_of_scope(body, row["operator_group"]) or out_of_scope(body, config["operator_group"])):
             return refused
-        await audit.append(body["_operator"], body["_operator"], "channel.config",
+        await audit.append(body["_operator"], body["_key_id"], "channel.config",
                            audit.request_summary(request, body), target=channel_id)
         command = ConfigureChannel(event_id=str(ULID()), channel_id=channel_id, ts=now_ms(),
                                    config=changes, operator=body["_operator"])
@@ -257,7 +285,7 @@ async def channel_command(view: web.View, request, channel_id: str, make) -> aio
     command = make(body, now_ms())
     if isinstance(command, aioweb.Response):
         return command
-    await audit.append(body["_operator"], body["_operator"], "term.abort" if isinstance(command, AbortTerm)
+    await audit.append(body["_operator"], body["_key_id"], "term.abort" if isinstance(command, AbortTerm)
                        else "term.start", audit.request_summary(request, body, command_id=command.event_id),
                        target=channel_id)
     await send_command(command)
@@ -377,10 +405,86 @@ class PayoutRetryView(web.View):
                                      " ON c.channel_id = o.channel_id WHERE o.order_no = :o", o=order_no)
             if (refused := out_of_scope(body, owners[0]["operator_group"] if owners else None)) is not None:
                 return refused
-        await audit.append(body["_operator"], body["_operator"], "payout.retry", audit.request_summary(request, body),
+        await audit.append(body["_operator"], body["_key_id"], "payout.retry", audit.request_summary(request, body),
                            target=order_no)
         if not await retry_payout(db(), order_no):
             return problem(409, "not_failed", f"payout {order_no} is not in status failed")
         return self.json({"order_no": order_no, "status": "ready"}, status=202)
 
 
+
+
+# ---------------------------------------------------------------- the audit log
+
+def check_audit_window(rows: list[audit.AuditRow], previous: audit.AuditRow | None,
+                       head: tuple[int, str] | None) -> dict[int, list[str]]:
+    """The breaks in a window of consecutive audit rows (oldest first), by row, in words: each
+    row's hash over its content, its link to the row before it (`previous`, the row just before
+    the window; without one the window must start the log, at row 1 after the genesis hash), no
+    gap; and, given the head (a window that reaches the end of the log), that the head names the
+    last row. The same rules as `crash-audit verify`, which checks the whole chain (and its WORM
+    copies); this answers for what a page shows, at the cost of the page."""
+    found: dict[int, list[str]] = {}
+    expected_seq, link = (previous.seq + 1, previous.row_hash) if previous else (1, audit.GENESIS)
+    for row in rows:
+        problems = found.setdefault(row.seq, [])
+        if row.seq != expected_seq:
+            gap = f"{expected_seq}" if row.seq == expected_seq + 1 else f"{expected_seq}..{row.seq - 1}"
+            problems.append(f"row {row.seq} follows row {expected_seq - 1}: row(s) {gap} removed")
+        if row.prev_hash != link:
+            problems.append(f"row {row.seq}: its previous hash is not the hash of the row before it"
+                            " (a row was removed, inserted or reordered)")
+        if row.expected_hash() != row.row_hash:
+            problems.append(f"row {row.seq}: its hash does not match its content (the row was changed)")
+        expected_seq, link = row.seq + 1, row.row_hash
+    if head is not None and (head[0] != expected_seq - 1 or head[1] != link):
+        found.setdefault(0, []).append(f"the head names row {head[0]}, the log ends at row {expected_seq - 1}:"
+                                       " rows at the end were removed or added around the log")
+    return {seq: problems for seq, problems in found.items() if problems}
+
+
+@app.page("/ops/audit")
+class AuditLogView(web.View):
+    async def get(self, request):
+        """The latest rows of the audit log (?limit=, older ones with ?before=<seq>), each with its
+        chain check (reader or admin of every group: the log spans all of them)."""
+        caller, error = await signed_caller(request, READ_ROLES)
+        if error is not None:
+            return error
+        assert caller is not None
+        if caller.group:
+            return problem(403, "forbidden", f"the audit log spans every operator group; {caller.key_id} acts only"
+                                             f" on operator group {caller.group}")
+        limit = query_limit(request, 100)
+        if limit is None:
+            return problem(400, "bad_request", "limit must be an integer in [1, 1000]")
+        before_raw = request.query.get("before")
+        if before_raw is not None and not (before_raw.isascii() and before_raw.isdigit() and len(before_raw) <= 18):
+            return problem(400, "bad_request", "before must be a row number (seq)")
+        before = int(before_raw) if before_raw is not None else None
+        fetched = [audit.AuditRow(**row) for row in reversed(await fetch_all(
+            "SELECT seq, ts, actor, key_id, action, target, request, prev_hash, row_hash FROM audit_log"
+            " WHERE (:b IS NULL OR seq < :b) ORDER BY seq DESC LIMIT :n", b=before, n=limit + 1))]
+        previous, rows = (fetched[0], fetched[1:]) if len(fetched) > limit else (None, fetched)
+        heads = await fetch_all("SELECT last_seq, last_hash FROM audit_head WHERE id = 1")
+        at_end = before is None or (bool(heads) and before > heads[0]["last_seq"])
+        head = (heads[0]["last_seq"], heads[0]["last_hash"]) if heads and at_end else None
+        problems = check_audit_window(rows, previous, head)
+        shown = []
+        for row in reversed(rows):                       # newest first
+            try:
+                summary = json.loads(row.request)
+            except ValueError:
+                summary = row.request
+            shown.append({"seq": row.seq, "ts": row.ts, "actor": row.actor, "key_id": row.key_id,
+                          "action": row.action, "target": row.target, "request": summary,
+                          "prev_hash": row.prev_hash, "row_hash": row.row_hash, "ok": row.seq not in problems,
+                          "problems": problems.get(row.seq, [])})
+        return self.json({
+            "rows": shown,
+            "chain": {"first_seq": rows[0].seq if rows else None, "last_seq": rows[-1].seq if rows else None,
+                      "head_seq": heads[0]["last_seq"] if heads else None, "intact": not problems,
+                      "problems": [p for seq in sorted(problems) for p in problems[seq]],
+                      "checked": "each row's hash, its link to the row before it" + (" and the head" if head else "")
+                                 + "; crash-audit verify checks the whole chain and its WORM copies"},
+            "next_before": rows[0].seq if previous is not None else None})

@@ -1,5 +1,5 @@
-"""`crash-ops worker -l info`: the operator views (web/operator_views.py, web/jackpot_views.py) in
-a Faust process of their own.
+"""`crash-ops worker -l info`: the operator views (web/operator_views.py, web/jackpot_views.py) and
+the operators' console (web/console.py, /ops/console/) in a Faust process of their own.
 
 The views read MySQL and send commands to the game's topics; they never share an event loop (or
 a process) with the agents, so a flood of operator requests can slow only this process, never a
@@ -14,6 +14,7 @@ import os
 
 def main() -> None:
     os.environ["CRASH_PROCESS_ROLE"] = "ops"       # before streams.app builds the Faust app
+    import web.console  # noqa: F401  (the operators' console: login, sessions, the page)
     import web.jackpot_views  # noqa: F401  (registers the jackpot operator views)
     import web.metrics_view  # noqa: F401
     import web.operator_views  # noqa: F401  (registers the operator views)

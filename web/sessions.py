@@ -11,6 +11,11 @@ look-up:
 `grp` is the operator group of the key that asked for it (DESIGN section 11: a key acts only on
 its group's channels and players); the page's actions are held to that group's channels.
 
+Kinds: the same token format signs the operators' console sessions (web/console.py, kind
+`console`, with their own secret CRASH_CONSOLE_SECRET, the operator's role in `rol` and the
+session id kept across refreshes). The kind is the MAC's domain (`session.` or `console.`
+before the payload), so a token of one kind never verifies as the other, even under one secret.
+
 The user id comes from the token only, never from a request body, so a player cannot act as
 another one; the pipeline refuses commands on a bet that is not theirs (`not_your_bet`).
 `tag()` is a keyed hash of a user id: the push gateway marks each bet of a room with it, and a
@@ -29,12 +34,16 @@ from dataclasses import dataclass
 
 from streams import ids
 
-__all__ = ["Session", "SessionError", "issue", "verify", "tag", "bearer", "MAX_TTL_S"]
+__all__ = ["Session", "SessionError", "issue", "verify", "tag", "bearer", "MAX_TTL_S", "KINDS"]
 
 VERSION = 1
 MAX_TTL_S = 24 * 3600
 MAX_TOKEN_CHARS = 1024
 CLOCK_SKEW_MS = 30_000      # a token "issued in the future" by a process whose clock is ahead
+
+
+# The MAC's domain of each kind of token (a player's token is "session.", as it always was).
+KINDS = {"player": b"session.", "console": b"console."}
 
 
 class SessionError(Exception):
@@ -52,6 +61,7 @@ class Session:
     issued_at: int
     expires_at: int
     group: str = ""            # the operator group whose channels the session may play ("" = any)
+    role: str = ""             # console sessions: the operator's role (admin, reader)
 
 
 def _b64(data: bytes) -> str:
@@ -62,30 +72,38 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _mac(secret: str, payload_part: str) -> bytes:
-    return hmac.new(secret.encode(), b"session." + payload_part.encode(), hashlib.sha256).digest()
+def _mac(secret: str, payload_part: str, kind: str = "player") -> bytes:
+    return hmac.new(secret.encode(), KINDS[kind] + payload_part.encode(), hashlib.sha256).digest()
 
 
-def issue(secret: str, user_id: str, ttl_s: int, now_ms: int | None = None, group: str = "") -> tuple[str, Session]:
-    """A token for `user_id`, valid for `ttl_s` seconds (on `group`'s channels, if one is given)."""
+def issue(secret: str, user_id: str, ttl_s: int, now_ms: int | None = None, group: str = "", *,
+          kind: str = "player", role: str = "", session_id: str | None = None) -> tuple[str, Session]:
+    """A token for `user_id`, valid for `ttl_s` seconds (on `group`'s channels, if one is given);
+    `kind`, `role` and `session_id` (a refreshed console session keeps its id) for other kinds."""
     if not ids.is_reference(user_id):
         raise ValueError(f"user_id must match {ids.REFERENCE.pattern}")
     if group and not ids.is_name(group):
         raise ValueError(f"group must match {ids.NAME.pattern}")
+    if role and not ids.is_name(role):
+        raise ValueError(f"role must match {ids.NAME.pattern}")
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}")
     if not 1 <= ttl_s <= MAX_TTL_S:
         raise ValueError(f"ttl_s must be in [1, {MAX_TTL_S}]")
     now = now_ms if now_ms is not None else int(time.time() * 1000)
-    session = Session(user_id=user_id, session_id=secrets.token_hex(8), issued_at=now, expires_at=now + ttl_s * 1000,
-                      group=group)
+    session = Session(user_id=user_id, session_id=session_id or secrets.token_hex(8), issued_at=now,
+                      expires_at=now + ttl_s * 1000, group=group, role=role)
     payload = {"v": VERSION, "sub": user_id, "sid": session.session_id, "iat": now, "exp": session.expires_at}
     if group:
         payload["grp"] = group
+    if role:
+        payload["rol"] = role
     part = _b64(json.dumps(payload, separators=(",", ":")).encode())
-    return f"{part}.{_b64(_mac(secret, part))}", session
+    return f"{part}.{_b64(_mac(secret, part, kind))}", session
 
 
-def verify(secret: str, token: str | None, now_ms: int | None = None) -> Session:
-    """The session a token proves, or SessionError saying why not."""
+def verify(secret: str, token: str | None, now_ms: int | None = None, *, kind: str = "player") -> Session:
+    """The session a token of `kind` proves, or SessionError saying why not."""
     if not token:
         raise SessionError("no_session", "this action needs a player session (Authorization: Bearer <token>)")
     if len(token) > MAX_TOKEN_CHARS or token.count(".") != 1:
@@ -96,7 +114,7 @@ def verify(secret: str, token: str | None, now_ms: int | None = None) -> Session
     except ValueError:
         raise SessionError("bad_session", "the session token is malformed") from None
     # The signature first: nothing of a forged token is read.
-    if not hmac.compare_digest(given, _mac(secret, part)):
+    if not hmac.compare_digest(given, _mac(secret, part, kind)):
         raise SessionError("bad_session", "the session token's signature is not valid")
     try:
         payload = json.loads(_unb64(part))
@@ -104,9 +122,9 @@ def verify(secret: str, token: str | None, now_ms: int | None = None) -> Session
         issued_at, expires_at = payload["iat"], payload["exp"]
     except (ValueError, KeyError, TypeError):
         raise SessionError("bad_session", "the session token is malformed") from None
-    group = payload.get("grp", "")
+    group, role = payload.get("grp", ""), payload.get("rol", "")
     if (payload.get("v") != VERSION or not ids.is_reference(user_id) or not isinstance(expires_at, int)
-            or not (group == "" or ids.is_name(group))):
+            or not (group == "" or ids.is_name(group)) or not (role == "" or ids.is_name(role))):
         raise SessionError("bad_session", "the session token is malformed")
     now = now_ms if now_ms is not None else int(time.time() * 1000)
     if now >= expires_at:
@@ -114,7 +132,7 @@ def verify(secret: str, token: str | None, now_ms: int | None = None) -> Session
     if not isinstance(issued_at, int) or issued_at > now + CLOCK_SKEW_MS:
         raise SessionError("bad_session", "the session token was issued in the future")
     return Session(user_id=user_id, session_id=str(session_id), issued_at=issued_at, expires_at=expires_at,
-                   group=group)
+                   group=group, role=role)
 
 
 def bearer(authorization: str | None) -> str | None:
