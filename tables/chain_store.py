@@ -12,11 +12,9 @@ import logging
 import time
 
 from sqlalchemy import text
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sql.db import make_engine
 from streams.fairness import DEFAULT_CHECKPOINT_EVERY, Chain, generate_chain
+from tables.secret_db import SecretDatabase
 
 log = logging.getLogger(__name__)
 
@@ -25,48 +23,26 @@ class ChainNotFound(LookupError):
     pass
 
 
-class ChainStore:
+class ChainStore(SecretDatabase):
     def __init__(self, url: str) -> None:
-        self._url = url
-        self._engine: AsyncEngine | None = None
+        super().__init__(url)
         self._cache: dict[tuple[str, int], Chain] = {}
-        self.waiting_since: float | None = None    # set while the store is unreachable
-
-    @property
-    def engine(self) -> AsyncEngine:
-        if self._engine is None:
-            self._engine = make_engine(self._url, pool_size=2)
-        return self._engine
-
-    async def close(self) -> None:
-        if self._engine is not None:
-            await self._engine.dispose()
-            self._engine = None
 
     def cached(self, channel_id: str, chain_no: int) -> Chain | None:
         return self._cache.get((channel_id, chain_no))
 
     async def get(self, channel_id: str, chain_no: int) -> Chain:
-        """The chain, waiting (with backoff) while the secret store is unreachable: no term of
-        the channel can go on without it, and crashing would not bring it back sooner."""
+        """The chain, waiting while the secret store is unreachable."""
         chain = self._cache.get((channel_id, chain_no))
         if chain is not None:
             return chain
-        delay = 0.2
-        while True:
-            try:
-                async with self.engine.connect() as conn:
-                    row = (await conn.execute(text(
-                        "SELECT length, seed, salt, checkpoint_every, checkpoints FROM chain_secret"
-                        " WHERE channel_id = :c AND chain_no = :n"), {"c": channel_id, "n": chain_no})).first()
-                self.waiting_since = None
-                break
-            except (OperationalError, InterfaceError) as error:
-                if self.waiting_since is None:
-                    self.waiting_since = time.monotonic()
-                log.warning("secret chain store unreachable (%s); retrying in %.1fs", error.__class__.__name__, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+
+        async def select():
+            async with self.engine.connect() as conn:
+                return (await conn.execute(text(
+                    "SELECT length, seed, salt, checkpoint_every, checkpoints FROM chain_secret"
+                    " WHERE channel_id = :c AND chain_no = :n"), {"c": channel_id, "n": chain_no})).first()
+        row = await self.waiting(select)
         if row is None:
             raise ChainNotFound(f"no secret chain {chain_no} for channel {channel_id}")
         chain = Chain(length=row.length, seed=bytes.fromhex(row.seed), salt=bytes.fromhex(row.salt),

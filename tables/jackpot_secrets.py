@@ -9,41 +9,20 @@ the hit reveals them.
 """
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
 
 from sqlalchemy import text
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sql.db import make_engine
 from streams.jackpots import draw_hit_value
-
-log = logging.getLogger(__name__)
+from tables.secret_db import SecretDatabase
 
 __all__ = ["JackpotSecrets", "jackpot_secrets"]
 
 
-class JackpotSecrets:
+class JackpotSecrets(SecretDatabase):
     def __init__(self, url: str) -> None:
-        self._url = url
-        self._engine: AsyncEngine | None = None
+        super().__init__(url)
         self._cache: dict[tuple[str, int], tuple[int, str]] = {}
-
-    @property
-    def engine(self) -> AsyncEngine:
-        if self._engine is None:
-            self._engine = make_engine(self._url, pool_size=2)
-        return self._engine
-
-    async def close(self) -> None:
-        if self._engine is not None:
-            await self._engine.dispose()
-            self._engine = None
-
-    def forget(self, jackpot_id: str, cycle: int) -> None:
-        self._cache.pop((jackpot_id, cycle), None)
 
     async def draw(self, jackpot_id: str, cycle: int, seed: int, cap: int) -> tuple[int, str]:
         """(hit value, nonce) of the cycle: drawn and stored the first time, read back after."""
@@ -51,43 +30,29 @@ class JackpotSecrets:
         if cached is not None:
             return cached
         hit_value, nonce = draw_hit_value(seed, cap)
-        await self._retrying(self._insert, jackpot_id, cycle, hit_value, nonce)
+
+        async def insert() -> None:
+            async with self.engine.begin() as conn:
+                await conn.execute(text(
+                    "INSERT INTO jackpot_secret (jackpot_id, cycle, hit_value, nonce, created_at)"
+                    " VALUES (:j, :c, :v, :n, :t) ON DUPLICATE KEY UPDATE jackpot_id = jackpot_id"),
+                    {"j": jackpot_id, "c": cycle, "v": hit_value, "n": nonce, "t": int(time.time() * 1000)})
+        await self.waiting(insert)
         return await self.get(jackpot_id, cycle)     # the stored pair wins a repeated draw
 
     async def get(self, jackpot_id: str, cycle: int) -> tuple[int, str]:
         cached = self._cache.get((jackpot_id, cycle))
         if cached is None:
-            row = await self._retrying(self._select, jackpot_id, cycle)
+            async def select():
+                async with self.engine.connect() as conn:
+                    return (await conn.execute(text(
+                        "SELECT hit_value, nonce FROM jackpot_secret WHERE jackpot_id = :j AND cycle = :c"),
+                        {"j": jackpot_id, "c": cycle})).first()
+            row = await self.waiting(select)
             if row is None:
                 raise LookupError(f"no hit value stored for jackpot {jackpot_id} cycle {cycle}")
             cached = self._cache[(jackpot_id, cycle)] = (row.hit_value, row.nonce)
         return cached
-
-    async def _insert(self, jackpot_id: str, cycle: int, hit_value: int, nonce: str) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(text(
-                "INSERT INTO jackpot_secret (jackpot_id, cycle, hit_value, nonce, created_at)"
-                " VALUES (:j, :c, :v, :n, :t) ON DUPLICATE KEY UPDATE jackpot_id = jackpot_id"),
-                {"j": jackpot_id, "c": cycle, "v": hit_value, "n": nonce, "t": int(time.time() * 1000)})
-
-    async def _select(self, jackpot_id: str, cycle: int):
-        async with self.engine.connect() as conn:
-            return (await conn.execute(text(
-                "SELECT hit_value, nonce FROM jackpot_secret WHERE jackpot_id = :j AND cycle = :c"),
-                {"j": jackpot_id, "c": cycle})).first()
-
-    @staticmethod
-    async def _retrying(operation, *args):
-        """Wait out an outage of the secret store: no must_hit_by cycle can go on without it."""
-        delay = 0.2
-        while True:
-            try:
-                return await operation(*args)
-            except (OperationalError, InterfaceError) as error:
-                log.warning("jackpot secret store unreachable (%s); retrying in %.1fs",
-                            error.__class__.__name__, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
 
 _store: JackpotSecrets | None = None
