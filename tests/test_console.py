@@ -448,6 +448,7 @@ async def browser():
 
 
 async def log_in(page: Page, pipe, name: str) -> None:
+    await page.context.clear_cookies()          # the pages of a test share a browser: no one else's session
     await page.goto(pipe.ops_url() + "/ops/console/")
     await expect(page.get_by_test_id("login-name")).to_be_visible(timeout=10_000)
     await page.get_by_test_id("login-name").fill(name)

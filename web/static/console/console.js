@@ -206,6 +206,7 @@
                       inputmode: kind === "int" ? "numeric" : null});
       input.value = fieldValue(values[key], kind);
       input.dataset.original = input.value;
+      input.readOnly = S.me.role !== "admin";       // a reader sees the values, and has nothing to change
       const wrap = h("label", {class: kind === "json" ? "wide" : null}, label, input);
       input.addEventListener("input", () => wrap.classList.toggle("changed", input.value !== input.dataset.original));
       return wrap;
@@ -273,9 +274,9 @@
       Object.keys(c.config.currencies || {}).join(" "), c.config_version, c.channel_id === S.channelId]),
     ([id, name, group, currencies, version, on]) => h("tr", {class: `pick${on ? " on" : ""}`, "data-testid": `channel-${id}`,
       onclick: () => { location.hash = `#channels/${encodeURIComponent(id)}`; }},
-    h("td", {class: "mono", text: id}), h("td", {text: name || "–"}), h("td", {text: group}),
-    h("td", {text: currencies}), h("td", {class: "num", text: version})),
-    "No channel yet.", 5);
+    h("td", {}, h("span", {class: "mono", text: id}), name ? h("div", {class: "muted small", text: name}) : null),
+    h("td", {text: group}), h("td", {text: currencies}), h("td", {class: "num opt", text: version})),
+    "No channel yet.", 4);
   }
 
   async function loadChannel(full) {
@@ -299,14 +300,14 @@
       say("config-msg", ""); say("command-msg", ""); say("verify-msg", "");
     }
     const live = ch.terms[0];
-    $("live").textContent = live ? `Term ${live.term_id}: ${STATES[live.state] || live.state}` +
-      (live.state === "pre_start" && live.bets_close_at ? `, bets close at ${when(live.bets_close_at)}` : "") +
-      (live.aborted ? ` (aborted: ${live.abort_reason || "no reason given"})` : "") : "No term yet.";
+    $("live").textContent = live ? `Latest term ${live.term_id}: ` + (live.aborted
+      ? `aborted (${live.abort_reason || "no reason given"})` : STATES[live.state] || live.state) +
+      (live.state === "pre_start" && live.bets_close_at ? `, bets close at ${when(live.bets_close_at)}` : "") : "No term yet.";
     renderTerms(ch.terms);
     rows("chains", ch.fairness, (c) => h("tr", {},
       h("td", {class: "num", text: c.chain_no}), h("td", {class: "num", text: c.length}),
       h("td", {class: "mono", title: c.terminator, text: short(c.terminator)}),
-      h("td", {class: "mono", title: c.salt, text: short(c.salt)}), h("td", {text: when(c.published_at)})),
+      h("td", {class: "mono", title: c.salt, text: short(c.salt)}), h("td", {class: "opt", text: when(c.published_at)})),
     "No chain published yet.", 5);
   }
 
@@ -321,11 +322,14 @@
           target: "_blank", rel: "noopener noreferrer", "data-testid": `verifier-${t.term_id}`, text: "verifier ↗",
           onclick: (event) => event.stopPropagation()}) : null)
         : h("td", {class: "muted", text: "after the crash"});
+      // An aborted term is voided whatever its state now: its revealed crash point was never played.
+      const state = t.aborted ? `aborted: ${t.abort_reason || "no reason given"}` : (STATES[t.state] || t.state);
       return h("tr", {class: "pick", "data-testid": `term-${t.term_id}`, onclick: () => termDetail(t.term_id)},
         h("td", {class: "mono", text: t.term_id}),
-        h("td", {class: `state-${t.state}`, text: (STATES[t.state] || t.state) + (t.aborted ? `: ${t.abort_reason || ""}` : "")}),
-        h("td", {class: "num", text: t.crash_x100 ? Money.multiple(t.crash_x100) : "–"}),
-        h("td", {text: when(t.created_at)}), h("td", {text: when(t.closed_at || t.ended_at)}), proof);
+        h("td", {class: `state state-${t.aborted ? "aborted" : t.state}`, text: state}),
+        h("td", {class: "num", title: t.aborted && t.crash_x100 ? `its chain's point was ${Money.multiple(t.crash_x100)}` : null,
+                 text: t.aborted ? "void" : t.crash_x100 ? Money.multiple(t.crash_x100) : "–"}),
+        proof, h("td", {class: "opt", text: when(t.created_at)}), h("td", {class: "opt", text: when(t.closed_at || t.ended_at)}));
     }, "No term yet.", 6);
   }
 
@@ -379,11 +383,14 @@
   async function channelCommand(kind) {
     const id = S.channelId;
     const abort = kind === "abort";
+    await loadChannel(false);        // what is running now, not 4 s ago
+    const live = S.channel && S.channel.terms[0];
+    const now = live ? ` Now: ${live.term_id}, ${live.aborted ? "aborted" : STATES[live.state] || live.state}.` : "";
     const why = await confirmAction(abort ? {
       title: `Abort the running term of ${id}?`, confirm: "Abort the term",
-      text: "The term is voided: every open bet is refunded and its hash is revealed. This cannot be undone."}
+      text: `The running term is voided: every open bet is refunded and its hash is revealed. This cannot be undone.${now}`}
       : {title: `Start the term of ${id} now?`, confirm: "Start now", danger: false,
-        text: "Betting closes at the moment crash-ops receives this; the term then flies to its committed crash point."});
+        text: `Betting closes at the moment crash-ops receives this; the term then flies to its committed crash point.${now}`});
     if (why === null) return;
     say("command-msg", "Sending…");
     const answer = await call("POST", `/ops/channels/${encodeURIComponent(id)}/${kind}`, {reason: why});
@@ -412,14 +419,17 @@
     const answer = await call("GET", `/ops/payouts?limit=200${wanted ? "&status=" + wanted : ""}`);
     if (answer.status !== 200) { refused("payout-msg", "The payout list", answer); rows("payouts", [], null, "–", 10); return; }
     rows("payouts", answer.body.payouts, (p) => h("tr", {"data-testid": `payout-${p.order_no}`},
-      h("td", {class: "mono", text: p.order_no}), h("td", {text: p.kind}), h("td", {text: p.channel_id}),
-      h("td", {text: p.user_id}), h("td", {class: "num", text: money(p.amount, p.currency)}),
+      h("td", {class: "order"}, h("span", {class: "mono", text: p.order_no}),
+        // The last error stays on the row for the record; it is the reason only while the payout is failed.
+        p.last_error ? h("div", {class: `small ${p.status === "failed" ? "error" : "muted"}`, title: p.last_error,
+                                 text: (p.status === "failed" ? "" : "earlier: ") + String(p.last_error).slice(0, 120)}) : null),
+      h("td", {class: "num", text: money(p.amount, p.currency)}),
       h("td", {class: p.status === "failed" ? "bad-text" : p.status === "acked" ? "ok-text" : "", text: p.status}),
-      h("td", {class: "num", text: p.retry_count}),
-      h("td", {class: "wrap", title: p.last_error || "", text: p.last_error ? String(p.last_error).slice(0, 90) : "–"}),
-      h("td", {text: when(p.updated_at)}),
       h("td", {}, p.status === "failed" ? h("button", {class: "secondary admin-only", "data-testid": `retry-${p.order_no}`,
-        text: "Send again", onclick: () => retryPayout(p)}) : null)),
+        text: "Send again", onclick: () => retryPayout(p)}) : null),
+      h("td", {class: "opt", text: p.user_id}), h("td", {class: "opt", text: p.kind}),
+      h("td", {class: "opt", text: p.channel_id}), h("td", {class: "num opt", text: p.retry_count}),
+      h("td", {class: "opt", text: when(p.updated_at)})),
     wanted ? `No ${wanted} payout.` : "No payout.", 10);
   }
 
@@ -444,9 +454,11 @@
       j.jackpot_id === S.jackpotId]),
     ([id, name, tier, currency, value, cap, state, scope, on]) => h("tr", {class: `pick${on ? " on" : ""}`,
       "data-testid": `jackpot-${id}`, onclick: () => { location.hash = `#jackpots/${encodeURIComponent(id)}`; }},
-    h("td", {}, h("span", {class: "mono", text: id}), name ? h("div", {class: "muted small", text: name}) : null),
-    h("td", {text: `${tier}${scope ? " · " + scope : ""}`}), h("td", {class: "num", text: money(value, currency)}),
-    h("td", {}, h("meter", {min: 0, max: cap || 1, value: value || 0, title: `${money(value, currency)} of ${money(cap, currency)}`})),
+    h("td", {}, h("span", {class: "mono", text: id}),
+      h("div", {class: "muted small", text: [name, `${tier}${scope ? " · " + scope : ""}`].filter(Boolean).join(" · ")})),
+    h("td", {class: "num", text: money(value, currency)}),
+    h("td", {class: "opt"}, h("meter", {min: 0, max: cap || 1, value: value || 0,
+                                        title: `${money(value, currency)} of ${money(cap, currency)}`})),
     h("td", {}, h("span", {class: `pill ${state}`, text: state}))),
     "No jackpot yet.", 5);
   }
@@ -494,14 +506,14 @@
       const winners = a.winners && a.winners.length ? a.winners : [{rank_no: null, user_id: a.user_id, bonus_amount: a.amount,
         payout_status: null, multiple_x100: null}];
       return winners.map((w, i) => h("tr", {class: i ? "sub" : "", "data-testid": i ? null : `award-${a.award_id}`},
-        h("td", {class: "mono", text: i ? "" : a.award_id}), h("td", {text: i ? "" : when(a.ts)}),
-        h("td", {class: "num", text: i ? "" : money(a.amount, a.currency)}),
+        h("td", {class: "mono", text: i ? "" : a.award_id}), h("td", {class: "opt", text: i ? "" : when(a.ts)}),
+        h("td", {class: "num opt", text: i ? "" : money(a.amount, a.currency)}),
         h("td", {text: `${w.rank_no ? "#" + w.rank_no + " " : ""}${w.user_id || "(hidden)"}${w.multiple_x100 ? " at " + Money.multiple(w.multiple_x100) : ""}`}),
         h("td", {class: "num", text: money(w.bonus_amount, a.currency)}), h("td", {text: w.payout_status || "–"})));
     }, "No award yet.", 6);
     rows("cycles", j.cycles, (c) => h("tr", {},
       h("td", {class: "num", text: c.cycle}), h("td", {class: "num", text: money(c.seed, cur)}),
-      h("td", {class: "mono", title: c.commitment, text: short(c.commitment)}), h("td", {text: when(c.started_at)}),
+      h("td", {class: "mono opt", title: c.commitment, text: short(c.commitment)}), h("td", {text: when(c.started_at)}),
       h("td", {class: "num", text: c.hit_value !== null ? money(c.hit_value, cur) : "–"}), h("td", {text: when(c.ended_at)})),
     "No cycle yet.", 6);
     rows("compensations", j.compensations, (c) => h("tr", {},
@@ -509,9 +521,16 @@
       h("td", {text: c.operator}), h("td", {class: "wrap", text: c.reason}), h("td", {text: c.state})),
     "No compensation.", 5);
   }
+  // Micro units (millionths of the minor unit) as an amount with the extra digits: 5002500000 -> €50.025.
   function micro(value, currency) {
-    const units = BigInt(String(value ?? 0).split(".")[0]);
-    return Money.format((units / 1000000n).toString(), currency) + (units % 1000000n ? " +µ" : "");
+    let units = BigInt(String(value ?? 0).split(".")[0]);
+    const sign = units < 0n ? "−" : "";
+    if (units < 0n) units = -units;
+    const text = Money.format((units / 1000000n).toString(), currency);
+    const extra = (units % 1000000n).toString().padStart(6, "0").replace(/0+$/, "");
+    if (!extra) return sign + text;
+    const digits = Money.exponent(currency) ? extra : `.${extra}`;
+    return sign + text.replace(/(\d)(\D*)$/, `$1${digits}$2`);
   }
   function rowsOfFacts(facts) {
     const key = JSON.stringify(facts);
@@ -596,7 +615,8 @@
     if (!r || typeof r !== "object") return String(r || "");
     const body = r.body || {};
     return [r.method, r.path, body.reason ? `“${body.reason}”` : null, r.address ? `from ${r.address}` : null]
-      .filter(Boolean).join(" ") || Object.keys(r).join(", ");
+      .filter(Boolean).join(" ")
+      || Object.entries(r).slice(0, 4).map(([k, v]) => `${k} ${typeof v === "object" ? "…" : v || "–"}`).join(", ");
   }
   async function loadAudit() {
     const answer = await call("GET", `/ops/audit?limit=100${S.auditBefore ? "&before=" + S.auditBefore : ""}`);
@@ -609,16 +629,20 @@
     }
     const log = answer.body, c = log.chain;
     chain.textContent = c.first_seq === null ? "The audit log is empty."
-      : c.intact ? `Chain intact: rows ${c.first_seq}–${c.last_seq} checked (${c.checked}); the log's head is row ${c.head_seq}.`
+      : c.intact ? `Chain intact: rows ${c.first_seq}–${c.last_seq} checked; the log's head is row ${c.head_seq}.`
         : `Chain broken: ${c.problems.join("; ")}`;
+    $("chain-how").textContent = c.first_seq === null ? "" : `Checked: ${c.checked}.`;
     chain.className = `chain ${c.intact ? "ok" : "bad"}`;
-    rows("audit", log.rows, (r) => h("tr", {"data-testid": `audit-${r.seq}`},
+    // Each row, then what it was asked (method, path, body) on a line of its own below it.
+    rows("audit", log.rows, (r) => [h("tr", {"data-testid": `audit-${r.seq}`},
       h("td", {class: "num", text: r.seq}), h("td", {text: when(r.ts)}), h("td", {text: r.actor}),
-      h("td", {class: "mono", text: r.key_id || "–"}), h("td", {text: r.action}), h("td", {class: "mono", text: r.target || "–"}),
-      h("td", {class: "wrap"}, h("details", {}, h("summary", {text: requestSummary(r.request)}),
-        h("code", {text: JSON.stringify(r.request, null, 1)}))),
-      h("td", {class: r.ok ? "ok-text" : "bad-text", title: r.problems.join("; "), text: r.ok ? "✓" : `✗ ${r.problems.join("; ")}`})),
-    "No row.", 8);
+      h("td", {text: r.action}), h("td", {class: "mono opt", text: r.target || "–"}),
+      h("td", {class: "mono opt", text: r.key_id || "–"}),
+      h("td", {class: r.ok ? "ok-text" : "bad-text wrap", title: r.problems.join("; "),
+               text: r.ok ? "✓" : `✗ ${r.problems.join("; ")}`})),
+    h("tr", {class: "request"}, h("td", {}), h("td", {class: "wrap", colspan: 6},
+      h("details", {}, h("summary", {text: requestSummary(r.request)}), h("code", {text: JSON.stringify(r.request, null, 1)}))))],
+    "No row.", 7);
     $("audit-older").classList.toggle("hidden", !log.next_before);
     $("audit-older").onclick = () => { S.auditBefore = log.next_before; loadAudit(); };
   }
