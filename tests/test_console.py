@@ -1,4 +1,4 @@
-"""The operators' console (DESIGN section 15) against the real stack: crash-ops serves the page and
+"""The operators' console against the real stack: crash-ops serves the page and
 the login; the page calls the /ops views with a session instead of an HMAC signature.
 
 What an operator (and whoever audits them) would check: a login with the right password gets a
@@ -167,6 +167,17 @@ def test_a_console_token_is_not_a_players_token():
         sessions.verify("s" * 32, player, kind="console")
 
 
+def test_production_refuses_the_development_console_secret(monkeypatch):
+    from streams.settings import Settings, SettingsError
+    monkeypatch.setenv("CRASH_PROFILE", "production")
+    monkeypatch.setenv("CRASH_CONSOLE_SECRET", "dev-console-secret")
+    with pytest.raises(SettingsError, match="CRASH_CONSOLE_SECRET is the development default"):
+        Settings()
+    monkeypatch.delenv("CRASH_CONSOLE_SECRET")
+    with pytest.raises(SettingsError, match="CRASH_CONSOLE_SECRET is not set"):
+        _ = Settings().console_secret             # a pod not given it: the console is off, not open
+
+
 # ---------------------------------------------------------------- login and sessions
 
 async def test_an_operator_logs_in_with_a_short_lived_session_and_logs_out(pipe, operators):
@@ -291,6 +302,13 @@ async def test_the_cli_keeps_no_password_and_refuses_what_cannot_be_an_account(p
     assert all(r["password_hash"].startswith("scrypt$") and PASSWORDS.get(r["name"], "?") not in r["password_hash"]
                for r in hashes)
     assert await audit_rows(pipe, "operator.add", target="ga-ops")
+    # --replace (what ./stack up does for its demo account at every start): a new password.
+    code, out, _ = await crash_admin(pipe, "operator", "add", "ops-temp", "--role", "reader", "--replace",
+                                     password="a new password for ops-temp")
+    assert code == 0 and "replaced" in out, out
+    async with Operator(pipe) as ops:
+        assert (await ops.login("ops-temp", "a new password for ops-temp"))[1]["role"] == "reader"
+    assert await audit_rows(pipe, "operator.replace", target="ops-temp")
 
 
 # ---------------------------------------------------------------- what a session may do

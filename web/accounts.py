@@ -1,4 +1,4 @@
-"""Operator accounts of the console (DESIGN section 15) and the rules of their login.
+"""Operator accounts of the operators' console and the rules of their login.
 
 An operator is a name, a password (only its scrypt hash is stored), a role (`admin` writes,
 `reader` reads) and an optional operator group (then the account acts only on that group's

@@ -1,4 +1,4 @@
-"""The operators' console (DESIGN section 15): login, sessions, CSRF, and the page itself.
+"""The operators' console: login, sessions, CSRF, and the page itself.
 
 An operator logs in with a name and a password (web/accounts.py; accounts are made with
 `crash-admin operator add`) and gets a short-lived session. The page then calls the same /ops

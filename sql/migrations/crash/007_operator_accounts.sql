@@ -1,4 +1,4 @@
--- The operators' console accounts (DESIGN section 15, web/accounts.py): who may log in to
+-- The operators' console accounts (web/accounts.py): who may log in to
 -- /ops/console/, with which role and on which operator group. Only a scrypt hash of the password
 -- is kept (`scrypt$<log2 n>$<r>$<p>$<salt>$<hash>`: its parameters travel with it). Made with
 -- `crash-admin operator add`; every change of an account is a row of the audit log.
