@@ -50,7 +50,8 @@ ROUTES_OF = {
 
 # Settings that carry a password or a key: Secret only.
 SECRET_SETTINGS = {"CRASH_DB_URL", "CRASH_SECRET_DB_URL", "CRASH_WALLET_DB_URL", "CRASH_API_KEYS",
-                   "CRASH_WALLET_KEY_SECRET", "CRASH_SESSION_SECRET"}
+                   "CRASH_WALLET_KEY_SECRET", "CRASH_SESSION_SECRET", "CRASH_CONSOLE_SECRET",
+                   "CRASH_JACKPOT_WEBHOOK_SECRET"}
 
 POD_KINDS = {"Deployment", "StatefulSet", "Job", "DaemonSet", "ReplicaSet"}
 

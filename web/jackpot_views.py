@@ -288,6 +288,8 @@ class JackpotReconcile(web.View):
         if error:
             return error
         request_id = f"ops-{ULID()}"
+        await audit.append(body["_operator"], body["_key_id"], "jackpot.reconcile",
+                           audit.request_summary(request, body, request_id=request_id), target=jackpot_id)
         await _send(ReconcileJackpot(event_id=f"{jackpot_id}.reconcile.{request_id}", channel_id="", ts=_now(),
                                      jackpot_id=jackpot_id, request_id=request_id))
         return self.json({"jackpot_id": jackpot_id, "request_id": request_id,
