@@ -165,7 +165,8 @@ class Sink:
 
     async def start(self) -> None:
         s = self.settings
-        self.producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all", linger_ms=5)
+        self.producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all",
+                                         linger_ms=s.producer_linger_ms)
         await self.producer.start()
         self.consumer = AIOKafkaConsumer(
             *self.topics, bootstrap_servers=s.kafka_bootstrap, group_id=f"{s.app_id}-sink",

@@ -180,8 +180,14 @@ def _progress(ctx: CommandContext, term: TermState, crash_at: int) -> None:
     mark = min(clock - term.config["grace_ms"], crash_at - 1)
     if mark > term.last_mark:
         _mark(ctx, term, mark)
-    if clock - term.last_tick_at >= term.config["tick_ms"]:
-        term.last_tick_at = clock
+    tick_ms = term.config["tick_ms"]
+    due = term.last_tick_at + tick_ms
+    if clock >= due:
+        # `last_tick_at` is the tick's slot, not the moment it was processed: a tick handled a
+        # little late does not push every later one back (the clock's Ticks arrive every
+        # CRASH_TICK_INTERVAL_MS, so a slot is met within that much), and the ticks stay tick_ms
+        # apart on average. Far behind (a pause, a takeover), the slots restart from now.
+        term.last_tick_at = due if clock - due < tick_ms else clock
         ctx.save_term(term)
         elapsed = clock - term.flying_at
         ctx.emit_term(TermTick(

@@ -384,8 +384,7 @@ def _start_child(settings: Settings, n: int) -> subprocess.Popen:
     def die_with_parent() -> None:      # a child outliving a killed parent would hold the port
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)     # PR_SET_PDEATHSIG
     env = {**os.environ, "CRASH_GATEWAY_CHILD": str(n), "CRASH_GATEWAY_ID": f"{settings.gateway_id}-{n}"}
-    return subprocess.Popen([sys.executable, "-m", "web.gateway"], env=env, preexec_fn=die_with_parent)
-
-
-if __name__ == "__main__":
-    main()
+    # Not `-m web.gateway`: the module would be imported twice (as __main__ and by web.player_api)
+    # and register its metrics twice.
+    return subprocess.Popen([sys.executable, "-c", "from web.gateway import main; main()"], env=env,
+                            preexec_fn=die_with_parent)

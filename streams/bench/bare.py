@@ -28,7 +28,9 @@ async def kafka_loop(n: int, out: str) -> None:
     settings = get_settings()
     await create_topics(settings, ("bench.in", "bench.out"))
     source, sink = settings.topic("bench.in"), settings.topic("bench.out")
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=2, acks="all")
+    # The same linger as the pipeline's producers, so that the ratio compares like with like.
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=settings.producer_linger_ms,
+                                acks="all")
     await producer.start()
     payload = {"type": "PlaceBet", "event_id": "", "channel_id": "bench-1", "ts": 0, "api_order_no": "",
                "user_id": "u1", "amount": 100, "currency": "EUR", "auto_cashout_x100": 200, "gateway_id": "gw-bench"}

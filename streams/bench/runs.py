@@ -94,7 +94,8 @@ class Run:
                 merged["timeline"] = r["timeline"]
         for proc in started:
             dep.procs.pop(proc.name, None)
-        self.remember(dep, merged["accepted"])
+        if options.get("kind", "bet") == "bet":      # cashouts and contributions are not new bets
+            self.remember(dep, merged["accepted"])
         return merged
 
     def remember(self, dep: Deployment, accepted: list[list[str]]) -> None:
@@ -233,6 +234,7 @@ class Run:
         for rate in rates:
             channel = await self.new_channel(dep, f"g{rate}")
             cpu0 = self.cpu(dep)
+            profiles = self.profile(dep, seconds, f"gateway{rate}")
             result = await self.load(dep, "http", procs=2 if rate >= 2000 else 1, kind="bet", port=dep.gateway_port,
                                      channel=channel, rate=rate, seconds=seconds, tag=f"g{rate}", users=50_000,
                                      uvloop=True)
@@ -244,6 +246,8 @@ class Run:
                     "outcomes": {k: v for k, v in result["outcomes"].items() if not k.startswith("200")},
                     "cpu_s": self.cpu_delta(cpu0, cpu1), "load_cpu_s": round(result["cpu_s"], 2)}
             step["cpu_s_per_1000_bets"] = {k: round(v / max(1, accepted) * 1000, 3) for k, v in step["cpu_s"].items()}
+            if profiles:
+                step["profiles"] = await self.profile_summaries(profiles)
             steps.append(step)
             if errors == 0 and step["p99_ms"] is not None and step["p99_ms"] <= 150:
                 best = rate
