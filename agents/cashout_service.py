@@ -248,5 +248,7 @@ def _refuse(batch: Batch, request: CashoutRequested, reason: str, bet: BookBet |
 
 @app.agent(bet_topic)
 async def cashout_processor(stream):
-    await run_batches(stream, "cashout", handle_book_event, expected=BET_TOPIC_EVENTS, max_batch=1000,
+    # Batches of at most 200 events: the book shares the worker's event loop with the clock and
+    # the commands agent, and a batch that pays thousands of autos holds both up (tick jitter).
+    await run_batches(stream, "cashout", handle_book_event, expected=BET_TOPIC_EVENTS, max_batch=200,
                       before_batch=_before_batch, reads=BOOK_EVENTS)

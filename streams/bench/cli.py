@@ -119,15 +119,20 @@ def main(argv: list[str] | None = None) -> int:
     results = asyncio.run(run(args))
     mode = results["mode"]
     before = report.previous(mode)
+    # Refused: a run with an unanswered command or an accepted bet missing in MySQL. A phase that
+    # failed (e.g. the push gateway's script timing out) has no figure, and says so.
     refused = list(results["errors"])
-    for name, figures in results.items():
-        if isinstance(figures, dict) and "failed" in figures:
-            refused.append(f"phase {name} failed: {figures['failed'][:200]}")
+    failed = [f"phase {name} failed: {figures['failed'][:200]}" for name, figures in results.items()
+              if isinstance(figures, dict) and "failed" in figures]
     if refused:
         results["refused"] = refused
+    if failed:
+        results["failed_phases"] = failed
     path = report.save(results, mode)
     report.print_table(results, before[1] if before else None)
     print(f"\nfigures: {path}" + (f" (compared with {before[0].name})" if before else " (no previous run)"))
+    if failed:
+        print("\nphases without a figure:\n  " + "\n  ".join(failed))
     if refused:
         print("\nREFUSED: this run's figures are not to be reported:\n  " + "\n  ".join(refused))
         return 1
