@@ -236,7 +236,7 @@ async def _hit(batch: Batch, pool: JackpotPool, winner: dict[str, Any], hit_valu
     batch.emit.send(jackpot_topic, pool.jackpot_id, JackpotHit(
         event_id=f"{award_id}.hit", channel_id=winner.get("channel_id", ""), term_id=winner.get("term_id", ""),
         ts=batch.now, trace_id=award_id, jackpot_id=pool.jackpot_id, award_id=award_id, cycle=ended_cycle,
-        trigger=trigger, amount=award_amount, currency=currency, overflow_micro=overflow,
+        trigger=trigger, amount=award_amount, currency=currency, overflow_micro=overflow + pool.reserve_micro,
         hit_value=hit_value, nonce=nonce, commitment=pool.commitment, ranked=ranked,
         bet_id=winner.get("bet_id", ""), user_id=winner["user_id"], session_id=winner.get("session_id", "")))
     pool.awards += 1

@@ -127,7 +127,7 @@ class JackpotHit(Message):
     trigger: str                 # must_hit_by | external
     amount: int
     currency: str
-    overflow_micro: int          # what carried into the next cycle
+    overflow_micro: int          # what carried into the next cycle (above the hit value, the reserve too)
     hit_value: Optional[int] = None
     nonce: str = ""
     commitment: str = ""
