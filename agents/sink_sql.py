@@ -2,7 +2,8 @@
 statement per table (DESIGN section 14: a batch is one multi-row statement per table, not one
 statement per event).
 
-Idempotence is the rows' own: event_log and outbox rows are INSERT IGNORE on their unique ids,
+Idempotence is the rows' own: rows are inserted once on their unique keys (a
+duplicate is kept as it is, any other refusal is an error),
 bet rows move forward only (`WHERE status = 'placed'`), term rows only to a higher
 state_version. Order inside a batch:
 
@@ -55,12 +56,20 @@ from streams.jackpot_events import (
 
 __all__ = ["SQL", "NOT_LOGGED", "statements", "plan"]
 
+# A row already there is kept as it is, and only that is ignored: unlike INSERT IGNORE, which
+# also turns a value too long for its column, a NULL in a NOT NULL column or a bad date into
+# a warning and writes a mangled row, this lets the database refuse bad data loudly.
+# (The duplicate's key column is set to itself: a no-op on the existing row.)
+def keep_first(column: str) -> str:
+    return f" ON DUPLICATE KEY UPDATE {column} = {column}"
+
 # Replayable from Kafka and far more numerous than the rest: not stored.
 NOT_LOGGED = (TermTick, BookMark, JackpotReconciled)
 
 SQL = {
-    "event_log": "INSERT IGNORE INTO event_log (event_id, type, topic, channel_id, term_id, ts, trace_id, payload)"
-                 " VALUES (:event_id, :type, :topic, :channel_id, :term_id, :ts, :trace_id, :payload)",
+    "event_log": "INSERT INTO event_log (event_id, type, topic, channel_id, term_id, ts, trace_id, payload)"
+                 " VALUES (:event_id, :type, :topic, :channel_id, :term_id, :ts, :trace_id, :payload)"
+                 + keep_first("event_id"),
     "channel": "INSERT INTO channel (channel_id, operator_group, config, config_version, created_at, updated_at)"
                " VALUES (:channel_id, :operator_group, :config, :config_version, :ts, :ts)"
                " ON DUPLICATE KEY UPDATE"
@@ -68,12 +77,12 @@ SQL = {
                " config = IF(VALUES(config_version) > config_version, VALUES(config), config),"
                " updated_at = IF(VALUES(config_version) > config_version, VALUES(updated_at), updated_at),"
                " config_version = GREATEST(config_version, VALUES(config_version))",
-    "chain": "INSERT IGNORE INTO fairness_chain (channel_id, chain_no, length, terminator, salt, published_at)"
-             " VALUES (:channel_id, :chain_no, :length, :terminator, :salt, :ts)",
-    "term_created": "INSERT IGNORE INTO crash_term (term_id, channel_id, seq, chain_no, chain_index, prev_hash,"
+    "chain": "INSERT INTO fairness_chain (channel_id, chain_no, length, terminator, salt, published_at)"
+             " VALUES (:channel_id, :chain_no, :length, :terminator, :salt, :ts)" + keep_first("channel_id"),
+    "term_created": "INSERT INTO crash_term (term_id, channel_id, seq, chain_no, chain_index, prev_hash,"
                     " state, state_version, created_at, bets_close_at, flying_at, config, updated_at)"
                     " VALUES (:term_id, :channel_id, :seq, :chain_no, :chain_index, :prev_hash, 'pre_start', 1,"
-                    " :created_at, :bets_close_at, :flying_at, :config, :now)",
+                    " :created_at, :bets_close_at, :flying_at, :config, :now)" + keep_first("term_id"),
     "term_state": "UPDATE crash_term SET state = :state, state_version = :state_version,"
                   " bets_close_at = :bets_close_at, flying_at = :flying_at, updated_at = :now"
                   " WHERE term_id = :term_id AND state_version < :state_version",
@@ -87,18 +96,20 @@ SQL = {
                     " WHERE term_id = :term_id AND state_version < :state_version",
     "term_closed": "UPDATE crash_term SET state = 'closed', state_version = :state_version, closed_at = :closed_at,"
                    " updated_at = :now WHERE term_id = :term_id AND state_version < :state_version",
-    "term_totals": "INSERT IGNORE INTO crash_term_totals (term_id, currency, bets, stakes, payouts, refunds,"
-                   " house_result) VALUES (:term_id, :currency, :bets, :stakes, :payouts, :refunds, :house_result)",
-    "bet_placed": "INSERT IGNORE INTO bet (channel_id, api_order_no, bet_id, term_id, user_id, currency, amount,"
+    "term_totals": "INSERT INTO crash_term_totals (term_id, currency, bets, stakes, payouts, refunds,"
+                   " house_result) VALUES (:term_id, :currency, :bets, :stakes, :payouts, :refunds, :house_result)"
+                   + keep_first("term_id"),
+    "bet_placed": "INSERT INTO bet (channel_id, api_order_no, bet_id, term_id, user_id, currency, amount,"
                   " auto_cashout_x100, bet_type, status, debited, received_at, updated_at)"
                   " VALUES (:channel_id, :api_order_no, :bet_id, :term_id, :user_id, :currency, :amount,"
-                  " :auto_cashout_x100, :bet_type, 'placed', :debited, :ts, :now)",
-    "bet_rejected": "INSERT IGNORE INTO bet (channel_id, api_order_no, bet_id, term_id, user_id, currency, amount,"
+                  " :auto_cashout_x100, :bet_type, 'placed', :debited, :ts, :now)" + keep_first("channel_id"),
+    "bet_rejected": "INSERT INTO bet (channel_id, api_order_no, bet_id, term_id, user_id, currency, amount,"
                     " auto_cashout_x100, bet_type, status, reason, debited, received_at, updated_at)"
                     " VALUES (:channel_id, :api_order_no, NULL, :term_id, :user_id, :currency, :amount,"
-                    " :auto_cashout_x100, :bet_type, 'rejected', :reason, :debited, :ts, :now)",
-    "history": "INSERT IGNORE INTO bet_status_history (event_id, bet_id, status, ts, detail)"
-               " VALUES (:event_id, :bet_id, :status, :ts, :detail)",
+                    " :auto_cashout_x100, :bet_type, 'rejected', :reason, :debited, :ts, :now)"
+                    + keep_first("channel_id"),
+    "history": "INSERT INTO bet_status_history (event_id, bet_id, status, ts, detail)"
+               " VALUES (:event_id, :bet_id, :status, :ts, :detail)" + keep_first("event_id"),
     # Jackpots: each row once by its key (ON DUPLICATE KEY: only a duplicate is ignored).
     "jackpot": "INSERT INTO jackpot (jackpot_id, tier, currency, trigger_kind, channel_id, operator_group, definition,"
                " pending, status, version, created_at, updated_at)"
@@ -135,10 +146,10 @@ SQL = {
     "jackpot_notice": "INSERT INTO jackpot_notice (notice_id, jackpot_id, payload, status, next_at, created_at,"
                       " updated_at) VALUES (:event_id, :jackpot_id, :payload, 'ready', :now, :now, :now)"
                       " ON DUPLICATE KEY UPDATE notice_id = notice_id",
-    "outbox": "INSERT IGNORE INTO payout_outbox (order_no, kind, channel_id, term_id, bet_id, user_id, currency,"
+    "outbox": "INSERT INTO payout_outbox (order_no, kind, channel_id, term_id, bet_id, user_id, currency,"
               " amount, meta, status, next_at, created_at, updated_at)"
               " VALUES (:order_no, :kind, :channel_id, :term_id, :bet_id, :user_id, :currency, :amount, :meta,"
-              " 'ready', :now, :now, :now)",
+              " 'ready', :now, :now, :now)" + keep_first("order_no"),
 }
 
 # The bet updates that carry values per row, as one UPDATE joined to the batch's rows. The
@@ -155,9 +166,10 @@ JOINED_UPDATES = {
                        "UPDATE bet b JOIN ({rows}) v ON b.channel_id = v.channel_id AND b.api_order_no = v.api_order_no"
                        " SET b.refund = v.amount, b.updated_at = :now WHERE b.status = 'rejected'"),
     "lost_history": (("term_id", "ts"),
-                     "INSERT IGNORE INTO bet_status_history (event_id, bet_id, status, ts)"
+                     "INSERT INTO bet_status_history (event_id, bet_id, status, ts)"
                      " SELECT CONCAT(b.bet_id, '.lost'), b.bet_id, 'lost', v.ts FROM bet b JOIN ({rows}) v"
-                     " ON b.term_id = v.term_id WHERE b.status = 'lost'"),
+                     " ON b.term_id = v.term_id WHERE b.status = 'lost'"
+                     " ON DUPLICATE KEY UPDATE bet_status_history.event_id = bet_status_history.event_id"),
 }
 # The bet updates with one value for every row: `WHERE <key> IN (...)`.
 LISTED_UPDATES = {

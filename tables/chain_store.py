@@ -68,8 +68,9 @@ class ChainStore(SecretDatabase):
         chain = await asyncio.get_running_loop().run_in_executor(None, generate_chain, length, checkpoint_every)
         async with self.engine.begin() as conn:
             await conn.execute(text(
-                "INSERT IGNORE INTO chain_secret (channel_id, chain_no, length, seed, salt,"
-                " checkpoint_every, checkpoints, created_at) VALUES (:c, :n, :l, :s, :salt, :e, :cp, :t)"),
+                "INSERT INTO chain_secret (channel_id, chain_no, length, seed, salt,"
+                " checkpoint_every, checkpoints, created_at) VALUES (:c, :n, :l, :s, :salt, :e, :cp, :t)"
+                " ON DUPLICATE KEY UPDATE channel_id = channel_id"),
                 {"c": channel_id, "n": chain_no, "l": length, "s": chain.seed.hex(), "salt": chain.salt.hex(),
                  "e": checkpoint_every, "cp": chain.checkpoints, "t": int(time.time() * 1000)})
         self._cache.pop((channel_id, chain_no), None)

@@ -19,6 +19,8 @@ from harness import (
     wait_consumed,
     wait_for,
 )
+from streams.codec import encode
+from streams.events import ChainPublished
 from streams.verify import verify_channel
 
 pytestmark = pytest.mark.slow
@@ -199,6 +201,30 @@ async def test_bad_messages_go_to_the_dead_letter_topic_and_the_agents_go_on(pip
     seen = len(await pipe.terms(channel_id))
     assert await _place_bets(pipe, channel_id, 1)
     await wait_for(lambda: _more_closed(pipe, channel_id, seen), 60, "a later term to close")
+
+
+async def test_a_row_the_database_refuses_is_a_dead_letter_not_a_mangled_row(pipe):
+    """The sink inserts each row once by its key: only a duplicate is ignored. A value too long
+    for its column (here a 65-character terminator) is refused and dead-lettered, not truncated
+    into a row that looks right (as INSERT IGNORE would)."""
+    tag = uuid.uuid4().hex[:8]
+    channel_id = f"{pipe.name}-long-{tag}"
+    bad = ChainPublished(event_id=f"chain.{channel_id}.1", channel_id=channel_id, ts=1, chain_no=1, length=10,
+                         terminator="a" * 65, salt="b" * 64)
+    good = ChainPublished(event_id=f"chain.{channel_id}.2", channel_id=channel_id, ts=2, chain_no=2, length=10,
+                          terminator="c" * 64, salt="d" * 64)
+    for record in (bad, good, good):                # the good one twice: a duplicate is no error
+        await pipe.publish("game.term", channel_id, encode(record))
+
+    async def dead_letter():
+        letters = [r for r, _, _, _ in await pipe.read_topic("game.dlq") if r is not None]
+        return [r for r in letters if r.consumer == "sink" and channel_id in r.channel_id]
+
+    letters = await wait_for(dead_letter, 60, "the refused row's dead letter")
+    await wait_consumed(pipe, ["game.term"])
+    assert len(letters) == 1 and "too long" in letters[0].error, letters
+    rows = await pipe.rows("SELECT chain_no, terminator FROM fairness_chain WHERE channel_id = :c", c=channel_id)
+    assert [(r["chain_no"], r["terminator"]) for r in rows] == [(2, "c" * 64)]
 
 
 def _value(letter) -> bytes:

@@ -80,8 +80,9 @@ class DebitSaga:
         """Debit the stake, then place the bet; the wallet's refusal is returned as is."""
         async with self.db.begin() as conn:
             await conn.execute(text(
-                "INSERT IGNORE INTO player_debit (channel_id, api_order_no, user_id, currency, amount, command,"
-                " state, received_at, updated_at) VALUES (:c, :o, :u, :cur, :a, :cmd, 'pending', :t, :now)"),
+                "INSERT INTO player_debit (channel_id, api_order_no, user_id, currency, amount, command,"
+                " state, received_at, updated_at) VALUES (:c, :o, :u, :cur, :a, :cmd, 'pending', :t, :now)"
+                " ON DUPLICATE KEY UPDATE channel_id = channel_id"),
                 {"c": command.channel_id, "o": command.api_order_no, "u": command.user_id, "cur": command.currency,
                  "a": command.amount, "cmd": encode(command).decode(), "t": command.ts, "now": _now()})
             row = (await conn.execute(text(
