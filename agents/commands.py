@@ -7,6 +7,7 @@ only change inside a stream event, so time reaches the orchestrator as messages)
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -117,9 +118,18 @@ def owned_channels() -> list[tuple[str, object]]:
 # The clock moves with every processed tick; if it stands still for STALL_AFTER_S while this
 # worker keeps sending ticks, the channel's command stream is not being consumed (a consumer
 # wedged after a rebalance): the worker exits so that it is restarted and the partitions are
-# assigned again, instead of silently freezing the channel.
+# assigned again, instead of silently freezing the channel. Only time during which the broker
+# acknowledges the ticks counts: through a broker outage nothing is consumed by anyone, a
+# restart would not help, and every worker would otherwise exit at the same moment.
 STALL_AFTER_S = 60.0
+BROKER_SILENT_S = 5.0       # no tick acknowledged for this long: the broker is away, not the consumer
 _progress: dict[str, tuple[int, float]] = {}
+_last_ack = {"at": time.monotonic()}
+
+
+def _tick_acknowledged(sent: asyncio.Future) -> None:
+    if not sent.cancelled() and sent.exception() is None:
+        _last_ack["at"] = time.monotonic()
 
 
 def _forget_progress(*args, **kwargs) -> None:
@@ -132,7 +142,8 @@ app.on_partitions_assigned.connect(_forget_progress)
 def _check_progress(channel_id: str, clock: int) -> None:
     now = time.monotonic()
     seen = _progress.get(channel_id)
-    if seen is None or seen[0] != clock or chain_store().waiting_since is not None:
+    broker_away = now - _last_ack["at"] > BROKER_SILENT_S
+    if seen is None or seen[0] != clock or broker_away or chain_store().waiting_since is not None:
         _progress[channel_id] = (clock, now)
         return
     if now - seen[1] > STALL_AFTER_S:
@@ -148,7 +159,8 @@ async def clock_ticks() -> None:
     now = int(time.time() * 1000)
     for channel_id, state in owned_channels():
         tick = Tick(event_id=f"tick.{channel_id}.{now}", channel_id=channel_id, ts=now)
-        await command_topic.send(key=channel_id.encode(), value=encode(tick))
+        sent = await command_topic.send(key=channel_id.encode(), value=encode(tick))
+        sent.add_done_callback(_tick_acknowledged)
         _check_progress(channel_id, state.clock)
 
 
