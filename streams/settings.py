@@ -127,6 +127,9 @@ class Settings:
     # Past this many bet API writes in flight, a new one is answered 503 + Retry-After at once
     # (shedding keeps the accepted ones' latency bounded); 0 turns shedding off.
     gateway_max_in_flight: int = field(default_factory=lambda: _env_int("CRASH_GATEWAY_MAX_IN_FLIGHT", 500))
+    # ... and while the pipeline lags: the oldest decision this gateway waits for is older than
+    # this (a backlog on the command topic, a worker away); 0 turns it off.
+    gateway_max_lag_ms: int = field(default_factory=lambda: _env_int("CRASH_GATEWAY_MAX_LAG_MS", 2000))
     wallet_host: str = field(default_factory=lambda: _env("CRASH_WALLET_HOST", "127.0.0.1"))
     wallet_port: int = field(default_factory=lambda: _env_int("CRASH_WALLET_PORT", 8090))
     wallet_url: str = field(default_factory=lambda: _env("CRASH_WALLET_URL", "http://127.0.0.1:8090"))

@@ -49,7 +49,7 @@ MYSQL_DUPLICATE_KEY = 1062
 IN_HISTORY = "order_in_history"     # agents/bet_service.py: the order may be one it has forgotten
 
 REQUESTS = Counter("gateway_requests_total", "Bet API requests", ["op", "status"])
-SHED = Counter("gateway_shed_total", "Requests answered 503 at once because too many were in flight")
+SHED = Counter("gateway_shed_total", "Requests answered 503 at once: too many in flight, or the pipeline lagging")
 DECISION_SECONDS = Histogram("gateway_decision_seconds", "From receive to the pipeline's definitive answer",
                              ["op"], buckets=(.005, .01, .025, .05, .075, .1, .15, .25, .5, 1, 2.5, 5))
 
@@ -336,9 +336,10 @@ async def metrics(request: web.Request) -> web.Response:
 
 def make_app(settings: Settings | None = None) -> web.Application:
     settings = settings or get_settings()
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[stamp_and_guard(
-        MAX_BODY, _count_refusal, max_in_flight=settings.gateway_max_in_flight, on_shed=lambda _: SHED.inc())])
     gateway = Gateway(settings)
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[stamp_and_guard(
+        MAX_BODY, _count_refusal, max_in_flight=settings.gateway_max_in_flight, on_shed=lambda _: SHED.inc(),
+        lag_s=gateway.pipeline.lag_s, max_lag_s=settings.gateway_max_lag_ms / 1000)])
     app[KEY_GATEWAY] = gateway
 
     async def lifecycle(app: web.Application):

@@ -115,25 +115,34 @@ class InFlight:
 
 
 def stamp_and_guard(max_body: int, count_refusal: Callable[[web.Request, int], None] | None = None,
-                    max_in_flight: int | None = None, on_shed: Callable[[web.Request], None] | None = None):
+                    max_in_flight: int | None = None, on_shed: Callable[[web.Request], None] | None = None,
+                    lag_s: Callable[[], float] | None = None, max_lag_s: float = 0.0):
     """Middleware: the receive time first (it decides bets), then shedding, then uniform JSON errors.
 
-    Shedding: when `max_in_flight` writes are already being served, a new one is answered 503 with
+    Shedding: when `max_in_flight` writes are already being served, or the pipeline lags (`lag_s()`,
+    the age of the oldest decision awaited, is over `max_lag_s`), a new write is answered 503 with
     Retry-After at once, before its body is read or its nonce claimed, so the caller may send the
     very same request again; the requests already accepted keep their latency instead of all of
     them queueing behind a backlog. A repeat with the same api_order_no gets the decision.
     """
     in_flight = InFlight(max_in_flight)
 
+    def shed_reason() -> tuple[str, str] | None:
+        if in_flight.full():
+            return "overloaded", f"over {in_flight.bound} requests in flight; retry shortly"
+        if lag_s is not None and max_lag_s > 0 and (lag := lag_s()) > max_lag_s:
+            return "pipeline_lagging", f"the pipeline is {lag:.1f} s behind (bound {max_lag_s:g} s); retry shortly"
+        return None
+
     @web.middleware
     async def middleware(request: web.Request, handler):
         request["received_at"] = int(time.time() * 1000)
         sheddable = request.method != "GET" and request.path not in _NEVER_SHED
-        if sheddable and in_flight.full():
+        shed = shed_reason() if sheddable else None
+        if shed is not None:
             if on_shed is not None:
                 on_shed(request)
-            return problem(503, "overloaded", f"over {in_flight.bound} requests in flight; retry shortly",
-                           headers={"Retry-After": "1"})
+            return problem(503, *shed, headers={"Retry-After": "1"})
         if sheddable:
             in_flight.now += 1
         try:

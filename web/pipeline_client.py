@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
@@ -30,6 +31,8 @@ class PipelineClient:
         self.producer: AIOKafkaProducer | None = None
         self._replies: AIOKafkaConsumer | None = None
         self._pending: dict[str, asyncio.Future] = {}
+        # When each waiting command was sent, oldest first (a dict keeps insertion order).
+        self._sent_at: dict[str, float] = {}
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -83,12 +86,20 @@ class PipelineClient:
         timeout = timeout_s if timeout_s is not None else self.settings.decision_timeout_ms / 1000
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self._pending[command.event_id] = future
+        self._sent_at[command.event_id] = time.monotonic()
         try:
             async with asyncio.timeout(timeout):
                 await self.send(topic, key, command)
                 return await future
         finally:
             self._pending.pop(command.event_id, None)
+            self._sent_at.pop(command.event_id, None)
+
+    def lag_s(self) -> float:
+        """How long the oldest command still waiting for its decision has waited: the pipeline's
+        lag as this process sees it (0 when nothing waits)."""
+        oldest = next(iter(self._sent_at.values()), None)
+        return 0.0 if oldest is None else time.monotonic() - oldest
 
     async def send_within(self, topic: str, key: str, record: Message, timeout_s: float | None = None) -> None:
         """`send`, bounded by the decision timeout (TimeoutError after it)."""
