@@ -11,10 +11,12 @@ import logging
 
 import faust
 
+from streams import faust_fixes
 from streams.settings import get_settings
 from web.http import stamp_and_guard
 
 settings = get_settings()
+faust_fixes.install()
 
 OPS = settings.process_role == "ops"
 

@@ -156,12 +156,18 @@ async def test_kill_broker_redis_mariadb_worker_and_payouts_while_bots_play(chao
         else:
             pipe.others["payout"].kill9()
             pipe.start_payout()
-        restarts += await keep_workers_alive(pipe)
         since = at + (OUTAGE_S * 1000 if kind == "server" else 0)
-        back = await wait_for(lambda since=since: accepted_after(pipe, channels, since), 120,
-                              f"bets accepted again after the {name} fault", every=0.25)
+
+        async def back_again(since=since) -> int | None:
+            restarts.extend(await keep_workers_alive(pipe))    # the orchestrator watches all along
+            return await accepted_after(pipe, channels, since)
+
+        try:
+            back = await wait_for(back_again, 120, f"bets accepted again after the {name} fault", every=0.25)
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{pipe.logs(lines=15)}") from None
         gaps[name] = round((back - at) / 1000, 1)
-        restarts += await keep_workers_alive(pipe)
+        restarts.extend(await keep_workers_alive(pipe))
         # The captured request, again: refused, whatever restarted.
         async with pipe.http.post(pipe.gateway_url + "/v1/bets", data=captured, headers=captured_headers) as resp:
             body = await resp.json(content_type=None)
@@ -176,7 +182,7 @@ async def test_kill_broker_redis_mariadb_worker_and_payouts_while_bots_play(chao
     assert bot_report["bets"]["accepted"] > 50, bot_report["bets"]
     async with pipe.wallet() as admin:
         await admin.set_faults(**NO_FAULTS)
-    restarts += await keep_workers_alive(pipe)
+    restarts.extend(await keep_workers_alive(pipe))
     await settle_everything(pipe)
 
     wallet_db = make_engine(make_url(base.wallet_db_url).render_as_string(hide_password=False), pool_size=2)

@@ -1,0 +1,48 @@
+"""A fix to Faust's consumer that money depends on: a partition without a committed offset is
+rewound to its beginning when Faust seeks its stream partitions "to their committed offsets".
+
+Faust (faust-streaming 0.11-0.15) fetches ahead: while a rebalance's table recovery runs, a
+partition just assigned may already be fetched, and the messages fetched then are skipped
+(flow control off, or an older generation). Faust then relies on "seek stream partitions to
+committed offsets" to read them again. aiokafka's seek_to_committed only seeks when the
+committed offset is above 0: a partition that has never been committed (a new channel's first
+bets, during the startup rebalance) stays past the skipped messages, and they are never read.
+Seen in the chaos test: a channel's very first BetPlaced, decided one rebalance earlier by the
+other worker, never reached the cashout book; the bet was settled as lost without its cashout
+target being checked, and the term's totals missed its stake. (The upstream threads on offsets
+skipped across a rebalance: faust-streaming issues 216 and 221.)
+
+The rewind is to the beginning, as `consumer_auto_offset_reset="earliest"` says: every event
+is then handled at least once, which every agent here already expects (idempotent by its keys).
+Table changelogs are left alone: Faust positions those itself (recovery, standbys).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+__all__ = ["install", "seek_to_committed_or_beginning"]
+
+
+def _is_stream_partition(tp: TopicPartition) -> bool:
+    return not tp.topic.endswith("-changelog") and not tp.topic.startswith("__")
+
+
+async def seek_to_committed_or_beginning(consumer: AIOKafkaConsumer) -> Mapping[TopicPartition, int | None]:
+    """aiokafka's seek_to_committed, plus: a stream partition committed at nothing (or 0) is
+    rewound to its earliest offset instead of staying wherever fetching had got to."""
+    committed = await consumer.seek_to_committed()
+    never = [tp for tp, offset in committed.items() if not offset and _is_stream_partition(tp)]
+    if never:
+        await consumer.seek_to_beginning(*never)
+    return committed
+
+
+async def _seek_to_committed(self) -> Mapping[TopicPartition, int | None]:
+    return await self.call_thread(seek_to_committed_or_beginning, self._ensure_consumer())
+
+
+def install() -> None:
+    faust_aiokafka.AIOKafkaConsumerThread.seek_to_committed = _seek_to_committed

@@ -1,0 +1,80 @@
+"""streams/faust_fixes.py on the real broker: after messages were fetched (and, in Faust, skipped
+during a rebalance), seeking "to the committed offsets" reads a never-committed partition again
+from its beginning, and a committed one from its committed offset. aiokafka alone leaves the
+never-committed partition where fetching had got to: the skipped messages would be lost."""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.structs import OffsetAndMetadata
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from streams import faust_fixes
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+async def topic(base_settings):
+    name = f"t.faust-fixes.{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=base_settings.kafka_bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(name, num_partitions=2, replication_factor=1)])
+    producer = AIOKafkaProducer(bootstrap_servers=base_settings.kafka_bootstrap)
+    await producer.start()
+    for partition in (0, 1):
+        for n in range(3):
+            await producer.send_and_wait(name, f"m{n}".encode(), partition=partition)
+    await producer.stop()
+    try:
+        yield name
+    finally:
+        await admin.delete_topics([name])
+        await admin.close()
+
+
+async def fetched_ahead(base_settings, topic: str) -> tuple[AIOKafkaConsumer, TopicPartition, TopicPartition]:
+    """A group consumer that has read two messages of each partition and committed partition 1
+    at offset 1 (partition 0 never)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=base_settings.kafka_bootstrap, group_id=f"g-{uuid.uuid4().hex}",
+                                enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    never, committed = TopicPartition(topic, 0), TopicPartition(topic, 1)
+    consumer.assign([never, committed])
+    for tp in (never, committed):
+        for _ in range(2):
+            await consumer.getmany(tp, timeout_ms=5000, max_records=1)
+    await consumer.commit({committed: OffsetAndMetadata(1, "")})
+    assert await consumer.position(never) == 2 and await consumer.position(committed) == 2
+    return consumer, never, committed
+
+
+async def test_aiokafka_alone_does_not_rewind_a_never_committed_partition(base_settings, topic):
+    consumer, never, committed = await fetched_ahead(base_settings, topic)
+    try:
+        await consumer.seek_to_committed()
+        assert await consumer.position(never) == 2          # offsets 0 and 1 would never be read again
+        assert await consumer.position(committed) == 1
+    finally:
+        await consumer.stop()
+
+
+async def test_the_fix_rewinds_it_to_the_beginning_and_a_committed_one_to_its_offset(base_settings, topic):
+    consumer, never, committed = await fetched_ahead(base_settings, topic)
+    try:
+        offsets = await faust_fixes.seek_to_committed_or_beginning(consumer)
+        assert offsets == {never: None, committed: 1}
+        assert await consumer.position(never) == 0
+        assert await consumer.position(committed) == 1
+        again = await consumer.getmany(never, timeout_ms=5000, max_records=1)
+        assert [m.offset for m in again[never]] == [0]
+    finally:
+        await consumer.stop()
+
+
+def test_every_worker_runs_with_the_fix():
+    import streams.app  # noqa: F401  (installs it)
+    assert faust_aiokafka.AIOKafkaConsumerThread.seek_to_committed is faust_fixes._seek_to_committed
