@@ -182,7 +182,12 @@ async def verify_channel(engine: AsyncEngine, channel_id: str, term_id: str | No
             term_rows = (await conn.execute(text(
                 f"SELECT {_TERM_COLUMNS} FROM crash_term WHERE channel_id = :c AND term_id = :t"),
                 {"c": channel_id, "t": term_id})).all()
+    # The hash walks are CPU work (up to a chain checkpoint's worth of SHA-256 per term): in a
+    # thread, so that the process's event loop goes on serving while a long check runs.
+    return await asyncio.to_thread(_report, channel_id, term_id, chain_rows, term_rows)
 
+
+def _report(channel_id: str, term_id: str | None, chain_rows: list[Any], term_rows: list[Any]) -> dict[str, Any]:
     chains = {row.chain_no: row for row in chain_rows}
     report: dict[str, Any] = {
         "channel_id": channel_id,

@@ -525,3 +525,33 @@ async def test_thousands_of_terms_verify_fast(engine: AsyncEngine) -> None:
         await _unpublish(engine, channel_id)
     assert report["problems"] == [] and report["terms_ok"] == 5000
     assert elapsed < 2.5, f"{elapsed:.2f} s for 5000 terms"
+
+
+async def test_a_long_verification_leaves_the_event_loop_free(engine: AsyncEngine, channel: Published,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hash walks run in a thread: the process (the operator views) keeps serving meanwhile.
+    Here the walk is made to take a second; a task that ticks every 10 ms goes on ticking."""
+    import time
+
+    from streams import verify
+
+    real = verify._report
+
+    def slow_report(*args: Any) -> dict[str, Any]:
+        time.sleep(1.0)                 # as a long walk would hold a thread (not the loop)
+        return real(*args)
+    monkeypatch.setattr(verify, "_report", slow_report)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+    task = asyncio.create_task(ticker())
+    try:
+        report = await verify_channel(engine, channel.channel_id)
+    finally:
+        task.cancel()
+    assert report["terms_ok"] == 100
+    assert ticks >= 20, f"the event loop was blocked: {ticks} ticks of 10 ms during a 1 s verification"
