@@ -18,12 +18,15 @@ Table changelogs are left alone: Faust positions those itself (recovery, standby
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 __all__ = ["install", "seek_to_committed_or_beginning"]
+
+log = logging.getLogger(__name__)
 
 
 def _is_stream_partition(tp: TopicPartition) -> bool:
@@ -36,6 +39,8 @@ async def seek_to_committed_or_beginning(consumer: AIOKafkaConsumer) -> Mapping[
     committed = await consumer.seek_to_committed()
     never = [tp for tp, offset in committed.items() if not offset and _is_stream_partition(tp)]
     if never:
+        log.info("rewinding %d never-committed partitions to their beginning: %s", len(never),
+                 ", ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in never)))
         await consumer.seek_to_beginning(*never)
     return committed
 

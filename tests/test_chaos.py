@@ -163,7 +163,7 @@ async def test_kill_broker_redis_mariadb_worker_and_payouts_while_bots_play(chao
             return await accepted_after(pipe, channels, since)
 
         try:
-            back = await wait_for(back_again, 120, f"bets accepted again after the {name} fault", every=0.25)
+            back = await wait_for(back_again, 180, f"bets accepted again after the {name} fault", every=0.25)
         except AssertionError as error:
             raise AssertionError(f"{error}\n{pipe.logs(lines=15)}") from None
         gaps[name] = round((back - at) / 1000, 1)
