@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-
 # Strict on every connection, whatever the server's default: a value too long for its column
 # or out of its range is an error, never a silently truncated row.
 SQL_MODE = "STRICT_ALL_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION"
