@@ -33,6 +33,7 @@ import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaConnectionError, KafkaTimeoutError
 from prometheus_client import start_http_server
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -188,7 +189,18 @@ class Sink:
             messages = [m for tp in sorted(batches, key=lambda tp: (tp.topic, tp.partition)) for m in batches[tp]]
             if messages:
                 await self.handle(messages)
-                await self.consumer.commit()
+                await self.commit()
+
+    async def commit(self) -> None:
+        """Commit the positions of a written batch. A commit refused because the group rebalanced
+        meanwhile (a broker restart, another sink joining) is no error: the rows are written,
+        and whoever owns those partitions now reads the batch again and writes nothing twice."""
+        assert self.consumer is not None
+        try:
+            await self.consumer.commit()
+        except (CommitFailedError, IllegalStateError, KafkaConnectionError, KafkaTimeoutError) as error:
+            log.warning("offsets not committed (%s); the batch is written and will be read again",
+                        error.__class__.__name__)
 
     async def handle(self, messages: list[Any]) -> None:
         """Write one fetched batch, cut after each JackpotSnapshot (see the module docstring)."""
