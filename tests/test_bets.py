@@ -185,9 +185,11 @@ async def test_many_bets_on_two_channels_settle_exactly(pipe):
     assert settled_bets >= 150
 
     # The replay tool catches a record that does not match the events: tamper with one cashout.
-    term_id = played["m1"][0]["term"]["term_id"]
-    victim = (await pipe.rows("SELECT bet_id, payout FROM bet WHERE term_id = :t AND status = 'cashed_out'"
-                              " LIMIT 1", t=term_id))[0]
+    # (any played term with a cashout: a term may crash before every target and manual cashout)
+    term_ids = tuple(entry["term"]["term_id"] for entries in played.values() for entry in entries)
+    victim = (await pipe.rows("SELECT bet_id, term_id, payout FROM bet WHERE term_id IN :t AND status = 'cashed_out'"
+                              " ORDER BY term_id LIMIT 1", t=term_ids))[0]
+    term_id = victim["term_id"]
     async with pipe.db.begin() as conn:
         await conn.execute(text("UPDATE bet SET payout = payout + 1 WHERE bet_id = :b"), {"b": victim["bet_id"]})
     report = await replay_term(pipe.settings, term_id)
