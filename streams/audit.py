@@ -43,7 +43,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-__all__ = ["AuditLog", "AuditRow", "Segment", "append", "request_summary", "row_hash", "GENESIS", "main"]
+__all__ = ["AuditLog", "AuditRow", "Segment", "append", "chain_breaks", "request_summary", "row_hash", "GENESIS",
+           "main"]
 
 log = logging.getLogger("crash.audit")
 
@@ -169,24 +170,11 @@ class AuditLog:
 
     async def verify(self) -> list[str]:
         """Every break in the chain, in words (empty: the chain is whole)."""
-        problems: list[str] = []
         rows = await self.rows()
-        expected_seq, previous = 1, GENESIS
-        for row in rows:
-            if row.seq > expected_seq:
-                missing = f"{expected_seq}" if row.seq == expected_seq + 1 else f"{expected_seq}..{row.seq - 1}"
-                problems.append(f"row {row.seq} follows row {expected_seq - 1}: row(s) {missing} removed")
-            if row.prev_hash != previous:
-                problems.append(f"row {row.seq}: its previous hash is not the hash of the row before it"
-                                " (a row was removed, inserted or reordered)")
-            if row.expected_hash() != row.row_hash:
-                problems.append(f"row {row.seq}: its hash does not match its content (the row was changed)")
-            expected_seq, previous = row.seq + 1, row.row_hash
         async with self.engine.connect() as conn:
             head = (await conn.execute(text("SELECT last_seq, last_hash FROM audit_head WHERE id = 1"))).one()
-        if head.last_seq != (rows[-1].seq if rows else 0) or head.last_hash != previous:
-            problems.append(f"the head names row {head.last_seq}, the log ends at row "
-                            f"{rows[-1].seq if rows else 0}: rows at the end were removed or added around the log")
+        breaks = chain_breaks(rows, head=(head.last_seq, head.last_hash))
+        problems = [problem for found in breaks.values() for problem in found]
         for segment in await self.segments():
             body = segment_body(self.chain, segment.segment_no,
                                 [r for r in rows if segment.first_seq <= r.seq <= segment.last_seq])
@@ -250,6 +238,33 @@ class AuditLog:
 
     async def segment_bytes(self, segment: Segment) -> bytes:
         return segment_body(self.chain, segment.segment_no, await self.rows(segment.first_seq, segment.last_seq))
+
+
+def chain_breaks(rows: list[AuditRow], previous: AuditRow | None = None,
+                 head: tuple[int, str] | None = None) -> dict[int, list[str]]:
+    """The breaks in a window of consecutive audit rows (oldest first), by row, in words: each
+    row's hash over its content, its link to the row before it (`previous`, the row just before
+    the window; without one the window must start the log, at row 1 after the genesis hash), no
+    gap; and, given the head (a window that reaches the end of the log), that the head names the
+    last row (its problems under 0). `AuditLog.verify` walks the whole log with it (and checks the
+    sealed segments); the operator view walks the window a page shows."""
+    found: dict[int, list[str]] = {}
+    expected_seq, link = (previous.seq + 1, previous.row_hash) if previous else (1, GENESIS)
+    for row in rows:
+        problems = found.setdefault(row.seq, [])
+        if row.seq != expected_seq:
+            gap = f"{expected_seq}" if row.seq == expected_seq + 1 else f"{expected_seq}..{row.seq - 1}"
+            problems.append(f"row {row.seq} follows row {expected_seq - 1}: row(s) {gap} removed")
+        if row.prev_hash != link:
+            problems.append(f"row {row.seq}: its previous hash is not the hash of the row before it"
+                            " (a row was removed, inserted or reordered)")
+        if row.expected_hash() != row.row_hash:
+            problems.append(f"row {row.seq}: its hash does not match its content (the row was changed)")
+        expected_seq, link = row.seq + 1, row.row_hash
+    if head is not None and (head[0] != expected_seq - 1 or head[1] != link):
+        found.setdefault(0, []).append(f"the head names row {head[0]}, the log ends at row {expected_seq - 1}:"
+                                       " rows at the end were removed or added around the log")
+    return {seq: problems for seq, problems in found.items() if problems}
 
 
 def segment_body(chain: str, number: int, rows: list[AuditRow]) -> bytes:

@@ -416,33 +416,6 @@ class PayoutRetryView(web.View):
 
 # ---------------------------------------------------------------- the audit log
 
-def check_audit_window(rows: list[audit.AuditRow], previous: audit.AuditRow | None,
-                       head: tuple[int, str] | None) -> dict[int, list[str]]:
-    """The breaks in a window of consecutive audit rows (oldest first), by row, in words: each
-    row's hash over its content, its link to the row before it (`previous`, the row just before
-    the window; without one the window must start the log, at row 1 after the genesis hash), no
-    gap; and, given the head (a window that reaches the end of the log), that the head names the
-    last row. The same rules as `crash-audit verify`, which checks the whole chain (and its WORM
-    copies); this answers for what a page shows, at the cost of the page."""
-    found: dict[int, list[str]] = {}
-    expected_seq, link = (previous.seq + 1, previous.row_hash) if previous else (1, audit.GENESIS)
-    for row in rows:
-        problems = found.setdefault(row.seq, [])
-        if row.seq != expected_seq:
-            gap = f"{expected_seq}" if row.seq == expected_seq + 1 else f"{expected_seq}..{row.seq - 1}"
-            problems.append(f"row {row.seq} follows row {expected_seq - 1}: row(s) {gap} removed")
-        if row.prev_hash != link:
-            problems.append(f"row {row.seq}: its previous hash is not the hash of the row before it"
-                            " (a row was removed, inserted or reordered)")
-        if row.expected_hash() != row.row_hash:
-            problems.append(f"row {row.seq}: its hash does not match its content (the row was changed)")
-        expected_seq, link = row.seq + 1, row.row_hash
-    if head is not None and (head[0] != expected_seq - 1 or head[1] != link):
-        found.setdefault(0, []).append(f"the head names row {head[0]}, the log ends at row {expected_seq - 1}:"
-                                       " rows at the end were removed or added around the log")
-    return {seq: problems for seq, problems in found.items() if problems}
-
-
 @app.page("/ops/audit")
 class AuditLogView(web.View):
     async def get(self, request):
@@ -469,7 +442,7 @@ class AuditLogView(web.View):
         heads = await fetch_all("SELECT last_seq, last_hash FROM audit_head WHERE id = 1")
         at_end = before is None or (bool(heads) and before > heads[0]["last_seq"])
         head = (heads[0]["last_seq"], heads[0]["last_hash"]) if heads and at_end else None
-        problems = check_audit_window(rows, previous, head)
+        problems = audit.chain_breaks(rows, previous, head)
         shown = []
         for row in reversed(rows):                       # newest first
             try:
