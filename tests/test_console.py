@@ -16,15 +16,13 @@ import asyncio
 import base64
 import json
 import re
-import shutil
-import tempfile
 import uuid
 from typing import Any
 
 import aiohttp
 import pytest
-from playwright.async_api import Page, async_playwright, expect
-from test_page import ARGS, CHROMIUM, DESKTOP, PHONE, Console, shot
+from playwright.async_api import Page, expect
+from test_page import PHONE, Console, chromium, shot
 
 from harness import BIN, FAST_CONFIG, NO_FAULTS, create_jackpot, now_ms, taking_bets, wait_for
 from web import accounts, sessions
@@ -456,13 +454,8 @@ async def stage(pipe, operators):
 
 @pytest.fixture(scope="module")
 async def browser():
-    profile = tempfile.mkdtemp(prefix="chromium-console-")
-    async with async_playwright() as playwright:
-        context = await playwright.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, headless=True, args=ARGS, viewport=DESKTOP)
+    async with chromium("chromium-console-") as context:
         yield context
-        await context.close()
-    shutil.rmtree(profile, ignore_errors=True)
 
 
 async def log_in(page: Page, pipe, name: str) -> None:

@@ -10,6 +10,7 @@ recovering alone from a kill -9 of the push gateway. No console error anywhere.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -17,10 +18,11 @@ import shutil
 import signal
 import tempfile
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Page, async_playwright, expect
+from playwright.async_api import BrowserContext, Page, async_playwright, expect
 from push_harness import PushGateway, session_token
 
 from harness import REPO, next_term, now_ms, peek_crash_points, wait_for
@@ -89,15 +91,22 @@ async def stack(pipeline_factory):
     return pipe, push, channel
 
 
-@pytest.fixture(scope="module")
-async def browser():
-    profile = tempfile.mkdtemp(prefix="chromium-")
+@contextlib.asynccontextmanager
+async def chromium(profile_prefix: str) -> AsyncIterator[BrowserContext]:
+    """Debian's chromium, headless, with a profile of its own (removed afterwards)."""
+    profile = tempfile.mkdtemp(prefix=profile_prefix)
     async with async_playwright() as playwright:
         context = await playwright.chromium.launch_persistent_context(
             profile, executable_path=CHROMIUM, headless=True, args=ARGS, viewport=DESKTOP)
         yield context
         await context.close()
     shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+async def browser():
+    async with chromium("chromium-") as context:
+        yield context
 
 
 async def shot(page: Page, name: str) -> Path:
