@@ -6,8 +6,9 @@ push p99 <= 100 ms). Not a test: run it by hand on a quiet machine, against a pr
 
 It starts one `crash-push` on topics of its own (a fresh prefix), publishes a flying term the way
 the orchestrator does (a clock every 50 ms, a TermTick once 100 ms have passed) plus a stream of bets (BetPlaced, then
-BetCashedOut), connects N WebSocket clients from `--procs` client processes (light raw-socket
-clients, so that the clients are not what is measured), and measures, for every frame each
+BetCashedOut), connects N WebSocket clients (light raw-socket clients, so that the clients are not what is
+measured: `--procs` processes of silent ones reading in bulk once a second, and one process of
+measuring ones that read at once), and measures, for every frame each
 client receives, the push latency: arrival time minus the Kafka timestamp of the oldest event
 the frame carries (`src`). Everything runs on this one machine: the numbers include the clients'
 own CPU and Kafka's.
@@ -51,8 +52,12 @@ def quantile(values: list[int] | array, q: float) -> float:
 # ---------------------------------------------------------------- client processes
 
 class Silent(asyncio.Protocol):
-    """Most clients: read and drop what comes (counting bytes) and answer pings, so that the
-    client processes sharing this machine with the push gateway cost as little CPU as possible."""
+    """Most clients: read in bulk once a second (DRAIN_S), drop what came (counting bytes) and
+    answer pings. The push gateway writes every frame to them as to any client (the kernel's
+    receive buffer takes a second of frames, ~20 KB, far below its size, so no write of the
+    gateway falls short); only the clients' own CPU is saved, which on this shared machine would
+    otherwise be most of a core taken from the gateway being measured (a browser's reading
+    happens on the player's device)."""
 
     def __init__(self, path: str, counters: dict[str, int], connected: asyncio.Event) -> None:
         self.path, self.counters, self.connected = path, counters, connected
@@ -65,9 +70,27 @@ class Silent(asyncio.Protocol):
             self.upgraded = True
             self.connected.set()
             self.counters["connected"] += 1
+            SLEEPERS.append(self.transport)
         self.counters["bytes"] += len(data)
         if b"\x89\x00" in data:           # an empty ping (JSON text never holds a 0 byte)
             self.transport.write(b"\x8a\x80\0\0\0\0")
+        if self.upgraded:
+            self.transport.pause_reading()
+
+
+DRAIN_S = 1.0
+SLEEPERS: list[asyncio.Transport] = []
+
+
+async def drain_forever(slices: int = 10) -> None:
+    """Lets every silent client read what a second brought, once a second, a tenth of them at a time."""
+    turn = 0
+    while True:
+        await asyncio.sleep(DRAIN_S / slices)
+        for transport in SLEEPERS[turn::slices]:
+            if not transport.is_closing():
+                transport.resume_reading()
+        turn = (turn + 1) % slices
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.counters["lost"] += 1
@@ -136,7 +159,7 @@ class Client(asyncio.Protocol):
 Silent.connection_made = Client.connection_made
 
 
-async def run_clients(port: int, count: int, channel: str, seconds: float, out: str, measure_every: int) -> None:
+async def run_clients(port: int, count: int, channel: str, seconds: float, out: str, measuring: bool) -> None:
     loop = asyncio.get_running_loop()
     latencies = (array("i"), array("i"))
     counters = {"connected": 0, "frames": 0, "lost": 0, "failed": 0, "bytes": 0, "measuring": 0}
@@ -146,7 +169,6 @@ async def run_clients(port: int, count: int, channel: str, seconds: float, out: 
     async def one(i: int) -> None:
         async with slots:
             connected = asyncio.Event()
-            measuring = i % measure_every == 0
             counters["measuring"] += measuring
             try:
                 await loop.create_connection(
@@ -157,12 +179,17 @@ async def run_clients(port: int, count: int, channel: str, seconds: float, out: 
                 counters["failed"] += 1
 
     started = time.monotonic()
+    drainer = asyncio.create_task(drain_forever())
     await asyncio.gather(*(one(i) for i in range(count)))
     connect_s = time.monotonic() - started
-    for values in latencies:             # measure once everybody is in
+    # Measure once every client of every process is in: the driver says go on stdin.
+    print("connected", flush=True)
+    await loop.run_in_executor(None, sys.stdin.readline)
+    for values in latencies:
         del values[:]
     counters["frames"] = counters["bytes"] = 0
     await asyncio.sleep(seconds)
+    drainer.cancel()
     Path(out).write_text(json.dumps({"counters": counters, "connect_s": connect_s, "oldest": list(latencies[0]),
                                      "newest": list(latencies[1])}))
 
@@ -259,13 +286,24 @@ async def drive(args: argparse.Namespace) -> None:
                 except aiohttp.ClientError:
                     pass
                 await asyncio.sleep(0.1)
-        outs = [REPO / "var" / f"bench-push-{prefix.strip('.')}-{i}.json" for i in range(args.procs)]
-        share = [args.clients // args.procs + (1 if i < args.clients % args.procs else 0) for i in range(args.procs)]
+        # The measuring clients in a process of their own: a process of silent clients draining
+        # its sockets must not delay the frames being timed.
+        measuring = max(1, args.clients // args.measure_every)
+        silent = args.clients - measuring
+        share = [measuring] + [silent // args.procs + (1 if i < silent % args.procs else 0) for i in range(args.procs)]
+        outs = [REPO / "var" / f"bench-push-{prefix.strip('.')}-{i}.json" for i in range(len(share))]
         procs = [await asyncio.create_subprocess_exec(
             sys.executable, __file__, "--client-mode", "--port", str(port), "--clients", str(n),
             "--seconds", str(args.seconds), "--out", str(out), "--channel", channel,
-            "--measure-every", str(args.measure_every))
-            for n, out in zip(share, outs, strict=True)]
+            *(["--measuring"] if i == 0 else []), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+            for i, (n, out) in enumerate(zip(share, outs, strict=True))]
+        for proc in procs:
+            assert proc.stdout is not None
+            await proc.stdout.readline()
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write(b"go\n")
+            await proc.stdin.drain()
         cpu_before = _cpu_s(push.pid)
         wall_before = time.monotonic()
         await asyncio.gather(*(p.wait() for p in procs))
@@ -275,6 +313,7 @@ async def drive(args: argparse.Namespace) -> None:
                 text = await resp.text()
                 server_side = _histogram(text, "push_latency_seconds")
                 broadcast = _histogram(text, "push_broadcast_seconds")
+                full_gcs = re.findall(r"^push_gc_full_seconds_(count|sum) ([\d.e+]+)$", text, re.M)
     finally:
         stop.set()
         sent = await publisher
@@ -286,7 +325,8 @@ async def drive(args: argparse.Namespace) -> None:
     counters = {k: sum(r["counters"][k] for r in results) for k in results[0]["counters"]}
     print(f"command: {' '.join(sys.argv)}")
     print(f"clients: {counters['connected']} connected ({counters['failed']} failed, {counters['lost']} lost), "
-          f"connected within {max(r['connect_s'] for r in results):.1f} s, {args.procs} client processes")
+          f"connected within {max(r['connect_s'] for r in results):.1f} s, "
+          f"{args.procs} processes of silent clients and one of measuring clients")
     print(f"events: {sent} published ({args.bets_per_s:g} bets/s with cashouts, a tick every 100-150 ms)")
     print(f"{counters['measuring']} measuring clients received {counters['frames']} frames in {args.seconds:g} s; "
           f"all clients {counters['bytes'] / args.seconds / 1e6:.1f} MB/s; push gateway CPU {push_cpu:.0%} of one core")
@@ -297,7 +337,10 @@ async def drive(args: argparse.Namespace) -> None:
     print("server side (push_latency_seconds: Kafka timestamp of the oldest event -> written to the sockets): "
           + ", ".join(f"p{round(q * 100)} <= {server_side(q) * 1000:.0f} ms" for q in (0.5, 0.99)))
     print(f"writing one frame to all {counters['connected']} clients: p50 <= {broadcast(0.5) * 1000:g} ms, "
-          f"p99 <= {broadcast(0.99) * 1000:g} ms (push_broadcast_seconds)")
+          f"p99 <= {broadcast(0.99) * 1000:g} ms, mean {broadcast.mean() * 1000:.1f} ms (push_broadcast_seconds)")
+    gcs = dict(full_gcs)
+    print(f"full garbage collections of the push gateway (web/full_gc.py): {float(gcs.get('count', 0)):.0f}, "
+          f"{float(gcs.get('sum', 0)) * 1000:.0f} ms in all, since it started")
     print(f"load average while it ran: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)")
     for out in outs:
         out.unlink(missing_ok=True)
@@ -308,12 +351,16 @@ def _histogram(text: str, name: str):
     buckets = sorted((float(le), float(v)) for le, v in re.findall(
         rf'^{name}_bucket{{le="([^"]+)"}} ([\d.e+]+)$', text, re.M))
 
+    sums = re.findall(rf"^{name}_(sum|count) ([\d.e+]+)$", text, re.M)
+
     def quantile_of(q: float) -> float:
         total = buckets[-1][1] if buckets else 0
         for le, count in buckets:
             if total and count >= q * total:
                 return le
         return float("nan")
+    totals = {k: float(v) for k, v in sums}
+    quantile_of.mean = lambda: totals.get("sum", 0) / totals["count"] if totals.get("count") else float("nan")
     return quantile_of
 
 
@@ -326,10 +373,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=10_000)
     parser.add_argument("--seconds", type=float, default=30)
-    parser.add_argument("--procs", type=int, default=2, help="client processes")
+    parser.add_argument("--procs", type=int, default=2, help="client processes of silent clients")
     parser.add_argument("--bets-per-s", type=float, default=50)
     parser.add_argument("--measure-every", type=int, default=20,
-                        help="one client in this many parses its frames and measures; the others drop them")
+                        help="one client in this many parses its frames and measures (in a process of its own); "
+                             "the others drop them")
+    parser.add_argument("--measuring", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--client-mode", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -338,7 +387,7 @@ def main() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if args.client_mode:
-        asyncio.run(run_clients(args.port, args.clients, args.channel, args.seconds, args.out, args.measure_every))
+        asyncio.run(run_clients(args.port, args.clients, args.channel, args.seconds, args.out, args.measuring))
     else:
         asyncio.run(drive(args))
 

@@ -48,7 +48,8 @@ from streams.codec import DecodeError, decode
 from streams.events import PayoutSucceeded
 from streams.settings import Settings, get_settings
 from streams.topics import BET, JACKPOT, PAYOUT, TERM
-from web import sessions
+from web import fanout, sessions
+from web.full_gc import FullCollections
 from web.push_view import ChannelView, JackpotView
 
 log = logging.getLogger("crash.push")
@@ -103,10 +104,10 @@ def dumps(data: Any) -> bytes:
 
 
 class Client:
-    __slots__ = ("ws", "transport", "user_id", "rooms", "alive")
+    __slots__ = ("ws", "transport", "fd", "user_id", "rooms", "alive")
 
-    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport, user_id: str | None) -> None:
-        self.ws, self.transport, self.user_id = ws, transport, user_id
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport, fd: int, user_id: str | None) -> None:
+        self.ws, self.transport, self.fd, self.user_id = ws, transport, fd, user_id
         self.rooms: list[Room] = []
         self.alive = True
 
@@ -169,6 +170,7 @@ class Push:
         self.consumer: AIOKafkaConsumer | None = None
         self.topics = {settings.topic(t): t for t in (TERM, BET, PAYOUT, JACKPOT)}
         self.tasks: list[asyncio.Task] = []
+        self.full_gc: FullCollections | None = None     # the process's full collections, if it owns them
 
     def tag(self, user_id: str) -> str:
         return sessions.tag(self.secret, user_id)
@@ -382,6 +384,7 @@ class Push:
 
     def flush(self) -> None:
         now = time.monotonic()
+        sent = False
         for room in list(self.rooms.values()):
             if not room.clients:
                 room.pending.clear()
@@ -402,37 +405,32 @@ class Push:
             else:
                 continue
             room.last_frame = now
+            sent = True
+        if sent and self.full_gc is not None:
+            self.full_gc.maybe_collect()
 
     def _broadcast(self, room: Room, frame: bytes, kind: str) -> None:
         started = time.perf_counter()
-        sent = 0
-        for client in list(room.clients):
-            if self._write(client, frame):
-                sent += 1
-        FRAMES.labels(kind=kind).inc(sent)
+        self._write(room.clients, frame, kind)
         BROADCAST.observe(time.perf_counter() - started)
 
-    def _write(self, client: Client, frame: bytes) -> bool:
-        transport = client.transport
-        if not client.alive or transport.is_closing():
+    def _write(self, clients: set[Client], frame: bytes, kind: str) -> None:
+        """The frame to each client that still reads; one that does not is cut off."""
+        sent, closing, slow = fanout.write_all(clients, frame, self.max_buffer)
+        for client in closing:
             self._drop(client)
-            return False
-        if transport.get_write_buffer_size() > self.max_buffer:
+        for client in slow:
             CUT.inc()
-            log.info("cutting off a client that does not read (%d bytes queued)", transport.get_write_buffer_size())
-            transport.abort()
+            log.info("cutting off a client that does not read (%d bytes queued)",
+                     client.transport.get_write_buffer_size())
+            client.transport.abort()
             self._drop(client)
-            return False
-        transport.write(frame)
-        return True
+        FRAMES.labels(kind=kind).inc(sent)
 
     def _to_user(self, user_id: str, message: dict[str, Any]) -> None:
         clients = self.by_user.get(user_id)
         if clients:
-            frame = ws_text_frame(dumps({**message, "ts": now_ms()}))
-            for client in list(clients):
-                self._write(client, frame)
-            FRAMES.labels(kind=message["t"]).inc(len(clients))
+            self._write(clients, ws_text_frame(dumps({**message, "ts": now_ms()})), message["t"])
 
     def _join(self, client: Client, key: str) -> None:
         room = self.rooms.get(key)
@@ -521,9 +519,10 @@ class Push:
         if transport is None:
             return ws
         sock = transport.get_extra_info("socket")
-        if sock is not None:
-            # The kernel's send buffer is per client memory too: fixed, not auto-tuned up to MBs.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, max(4096, self.max_buffer))
+        if sock is None:
+            return ws
+        # The kernel's send buffer is per client memory too: fixed, not auto-tuned up to MBs.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, max(4096, self.max_buffer))
         session: sessions.Session | None = None
         try:
             first = await asyncio.wait_for(ws.receive(), HELLO_TIMEOUT_S)
@@ -560,7 +559,7 @@ class Push:
             snapshot["jackpots"] = {j: self.jackpot(j).public() for j in view.jackpot_ids}
         else:
             snapshot["jackpots"] = {jackpot_id: self.jackpot(jackpot_id).public()}
-        client = Client(ws, transport, session.user_id if session else None)
+        client = Client(ws, transport, sock.fileno(), session.user_id if session else None)
         self._join(client, room_key)
         if session is not None:
             self.by_user[session.user_id].add(client)
@@ -664,10 +663,11 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def make_app(settings: Settings | None = None) -> web.Application:
+def make_app(settings: Settings | None = None, full_gc: FullCollections | None = None) -> web.Application:
     settings = settings or get_settings()
     app = web.Application(client_max_size=16 * 1024)
     push = Push(settings)
+    push.full_gc = full_gc
     app[KEY_PUSH] = push
 
     async def lifecycle(app: web.Application):
@@ -697,6 +697,7 @@ def main() -> None:
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     logging.basicConfig(level=settings.log_level.upper(), format="[%(asctime)s] [%(levelname)s] %(name)s: %(message)s")
-    web.run_app(make_app(settings), host=settings.push_host, port=settings.push_port, access_log=None,
-                reuse_port=True)
+    # A restarted gateway's clients all come back at once: a backlog for them, not aiohttp's 128.
+    web.run_app(make_app(settings, FullCollections()), host=settings.push_host, port=settings.push_port,
+                access_log=None, reuse_port=True, backlog=4096)
 
