@@ -313,7 +313,7 @@ async def drive(args: argparse.Namespace) -> None:
                 text = await resp.text()
                 server_side = _histogram(text, "push_latency_seconds")
                 broadcast = _histogram(text, "push_broadcast_seconds")
-                full_gcs = re.findall(r"^push_gc_full_seconds_(count|sum) ([\d.e+]+)$", text, re.M)
+                full_gcs = re.findall(r"^gc_full_pause_seconds_(count|sum) ([\d.e+]+)$", text, re.M)
     finally:
         stop.set()
         sent = await publisher
@@ -339,7 +339,7 @@ async def drive(args: argparse.Namespace) -> None:
     print(f"writing one frame to all {counters['connected']} clients: p50 <= {broadcast(0.5) * 1000:g} ms, "
           f"p99 <= {broadcast(0.99) * 1000:g} ms, mean {broadcast.mean() * 1000:.1f} ms (push_broadcast_seconds)")
     gcs = dict(full_gcs)
-    print(f"full garbage collections of the push gateway (web/full_gc.py): {float(gcs.get('count', 0)):.0f}, "
+    print(f"full garbage collections of the push gateway (streams/full_gc.py): {float(gcs.get('count', 0)):.0f}, "
           f"{float(gcs.get('sum', 0)) * 1000:.0f} ms in all, since it started")
     print(f"load average while it ran: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)")
     for out in outs:

@@ -1,5 +1,5 @@
 """The push gateway's frame writer (web/fanout.py) on real sockets, and its schedule of full
-garbage collections (web/full_gc.py)."""
+garbage collections (streams/full_gc.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -9,11 +9,11 @@ import socket
 import time
 from dataclasses import dataclass
 
-import pytest
 from prometheus_client import REGISTRY
 
+from streams import full_gc
+from streams.full_gc import NEVER
 from web import fanout
-from web.full_gc import NEVER, FullCollections
 
 
 @dataclass
@@ -106,23 +106,20 @@ async def test_a_failed_write_closes_that_connection_and_the_others_still_get_th
     alive_peer.close()
 
 
-@pytest.fixture
-def restore_gc_threshold():
-    before = gc.get_threshold()
-    yield
-    gc.set_threshold(*before)
-
-
-def test_full_collections_run_on_their_schedule_not_cpythons(restore_gc_threshold):
-    young, middle, _ = gc.get_threshold()
-    collections = FullCollections(every_s=3600)
-    assert gc.get_threshold() == (young, middle, NEVER)
+async def test_full_collections_run_on_their_schedule_not_cpythons():
     def full_collections() -> float:
-        return REGISTRY.get_sample_value("push_gc_full_seconds_count") or 0.0
+        return REGISTRY.get_sample_value("gc_full_pause_seconds_count") or 0.0
 
+    before_threshold = gc.get_threshold()
     before = full_collections()
-    collections.maybe_collect()                                     # not due yet
-    assert full_collections() == before
-    collections.last -= 3600
-    collections.maybe_collect()
-    assert full_collections() == before + 1
+    stop = full_gc.install(every_s=0.2)
+    try:
+        assert gc.get_threshold() == (*before_threshold[:2], NEVER)
+        async with asyncio.timeout(10):
+            while full_collections() < before + 2:
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+    async with asyncio.timeout(5):
+        while gc.get_threshold() != before_threshold:
+            await asyncio.sleep(0.05)

@@ -42,14 +42,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, ge
 from sqlalchemy import text
 
 from sql.db import make_engine
-from streams import ids
+from streams import full_gc, ids
 from streams.cache import REDIS_ERRORS, redis_client
 from streams.codec import DecodeError, decode
 from streams.events import PayoutSucceeded
 from streams.settings import Settings, get_settings
 from streams.topics import BET, JACKPOT, PAYOUT, TERM
 from web import fanout, sessions
-from web.full_gc import FullCollections
 from web.push_view import ChannelView, JackpotView
 
 log = logging.getLogger("crash.push")
@@ -170,7 +169,6 @@ class Push:
         self.consumer: AIOKafkaConsumer | None = None
         self.topics = {settings.topic(t): t for t in (TERM, BET, PAYOUT, JACKPOT)}
         self.tasks: list[asyncio.Task] = []
-        self.full_gc: FullCollections | None = None     # the process's full collections, if it owns them
 
     def tag(self, user_id: str) -> str:
         return sessions.tag(self.secret, user_id)
@@ -384,7 +382,6 @@ class Push:
 
     def flush(self) -> None:
         now = time.monotonic()
-        sent = False
         for room in list(self.rooms.values()):
             if not room.clients:
                 room.pending.clear()
@@ -405,9 +402,7 @@ class Push:
             else:
                 continue
             room.last_frame = now
-            sent = True
-        if sent and self.full_gc is not None:
-            self.full_gc.maybe_collect()
+
 
     def _broadcast(self, room: Room, frame: bytes, kind: str) -> None:
         started = time.perf_counter()
@@ -663,11 +658,10 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def make_app(settings: Settings | None = None, full_gc: FullCollections | None = None) -> web.Application:
+def make_app(settings: Settings | None = None) -> web.Application:
     settings = settings or get_settings()
     app = web.Application(client_max_size=16 * 1024)
     push = Push(settings)
-    push.full_gc = full_gc
     app[KEY_PUSH] = push
 
     async def lifecycle(app: web.Application):
@@ -698,6 +692,7 @@ def main() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     logging.basicConfig(level=settings.log_level.upper(), format="[%(asctime)s] [%(levelname)s] %(name)s: %(message)s")
     # A restarted gateway's clients all come back at once: a backlog for them, not aiohttp's 128.
-    web.run_app(make_app(settings, FullCollections()), host=settings.push_host, port=settings.push_port,
+    full_gc.install()
+    web.run_app(make_app(settings), host=settings.push_host, port=settings.push_port,
                 access_log=None, reuse_port=True, backlog=4096)
 
