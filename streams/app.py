@@ -11,7 +11,7 @@ import logging
 
 import faust
 
-from streams import faust_fixes, full_gc
+from streams import faust_fixes
 from streams.settings import get_settings
 from web.http import stamp_and_guard
 
@@ -57,7 +57,6 @@ def main() -> None:
     import web.metrics_view  # noqa: F401
 
     agents.register()
-    full_gc.install()   # full collections between batches, not in bursts while a term fills
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     # uvloop: the profiles showed socket writes (Kafka produce requests) as the largest single
     # share of a worker's time; uvloop's transports cost less per write. Set before any loop exists.
