@@ -74,11 +74,12 @@ def http_server(port: int) -> None:
     from web.http import parse_json_object
     from web.signing import RedisNonceStore, SignatureError, Verifier
     settings = get_settings()
+    verifier_key: web.AppKey[Verifier] = web.AppKey("verifier")
 
     async def contribute(request: web.Request) -> web.Response:
         raw = await request.read()
         try:
-            await request.app["verifier"].verify(request.method, request.path_qs, request.headers, raw)
+            await request.app[verifier_key].verify(request.method, request.path_qs, request.headers, raw)
         except SignatureError as error:
             return web.json_response({"error": "unauthorized", "reason": str(error)}, status=401)
         body = parse_json_object(raw)
@@ -90,7 +91,7 @@ def http_server(port: int) -> None:
 
     async def lifecycle(app: web.Application):
         redis = redis_client(settings.redis_url)
-        app["verifier"] = Verifier(settings.api_keys, RedisNonceStore(redis))
+        app[verifier_key] = Verifier(settings.api_keys, RedisNonceStore(redis))
         yield
         await redis.aclose()
 
