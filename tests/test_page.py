@@ -26,6 +26,7 @@ from playwright.async_api import BrowserContext, Page, async_playwright, expect
 from push_harness import PushGateway, session_token
 
 from harness import REPO, next_term, now_ms, peek_crash_points, wait_for
+from streams import fairness
 from streams.codec import encode
 from streams.events import Message
 
@@ -238,9 +239,15 @@ async def test_a_player_plays_rounds_on_the_page(stack, browser):
         await expect(verifier.get_by_test_id("computed")).to_contain_text(f"Crash point computed: {multiple(crash)}")
         await expect(verifier.get_by_test_id("checks")).to_contain_text("gives the channel's published terminator")
         await shot(verifier, "09-proof-verified")
-        # ... and a tampered salt pasted by hand does not.
+        # ... and a tampered salt pasted by hand does not. The salt is the only input of the crash
+        # point that no other check covers, so it is changed to one whose crash point differs
+        # (one hex digit alone can give the same point, e.g. both at the 20.00x cap).
         salt = await verifier.get_by_test_id("salt").input_value()
-        await verifier.get_by_test_id("salt").fill(("0" if salt[0] != "0" else "1") + salt[1:])
+        values = [await verifier.get_by_test_id(name).input_value() for name in ("hash", "edge", "max")]
+        revealed, edge, cap = bytes.fromhex(values[0]), int(values[1]), int(values[2])
+        tampered = next(candidate for digit in "0123456789abcdef" for candidate in [digit + salt[1:]]
+                        if fairness.crash_point_x100(revealed, bytes.fromhex(candidate), edge, cap) != crash)
+        await verifier.get_by_test_id("salt").fill(tampered)
         await verifier.get_by_test_id("compute").click()
         await expect(verifier.get_by_test_id("verdict")).to_have_text("Mismatch: these values do not agree",
                                                                       timeout=30_000)
