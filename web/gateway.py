@@ -25,7 +25,6 @@ import uvloop
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
 from ulid import ULID
 
 from sql.db import make_engine
@@ -37,6 +36,7 @@ from streams.topics import COMMAND
 from web import jackpot_api, player_api
 from web.debit_saga import DebitSaga
 from web.http import BadRequest, int_field, problem, read_signed_json, stamp_and_guard, str_field
+from web.order_claims import Claim, OrderClaims
 from web.pipeline_client import PipelineClient
 from web.signing import RedisNonceStore, Verifier
 from web.term_follower import TermFollower
@@ -45,7 +45,6 @@ from web.wallet_client import WalletClient, WalletError, WalletResult, WalletUna
 log = logging.getLogger("crash.gateway")
 
 MAX_BODY = 16 * 1024
-MYSQL_DUPLICATE_KEY = 1062
 IN_HISTORY = "order_in_history"     # agents/bet_service.py: the order may be one it has forgotten
 
 REQUESTS = Counter("gateway_requests_total", "Bet API requests", ["op", "status"])
@@ -70,6 +69,7 @@ class Gateway:
         # auth) and closed again per request (crash-bench --profile: a third of the gateway's
         # samples in claim_order at 500 bets/s). Enough connections stay open for the load.
         self.db = make_engine(settings.db_url, pool_size=24)
+        self.claims = OrderClaims(self.db)          # api_order claims, many per transaction
         self.terms = TermFollower(settings, self.db)
         self.wallet = WalletClient.from_settings(settings)
         self.saga = DebitSaga(self.db, self.wallet, place=lambda c: self.decide(c, "player_place"),
@@ -148,21 +148,10 @@ class Gateway:
         an order it has forgotten (see `decide`).
         """
         group, number = config["operator_group"], command.api_order_no
-        try:
-            async with self.db.begin() as conn:
-                await conn.execute(text(
-                    "INSERT INTO api_order (operator_group, api_order_no, channel_id, mode, user_id, claimed_at)"
-                    " VALUES (:g, :o, :c, :m, :u, :t)"),
-                    {"g": group, "o": number, "c": command.channel_id, "m": mode, "u": command.user_id,
-                     "t": command.ts})
+        claim = Claim(group, number, command.channel_id, mode, command.user_id, command.ts)
+        owner = await self.claims.claim(claim)
+        if owner.is_claim(claim):
             return
-        except IntegrityError as error:
-            if getattr(error.orig, "args", (None,))[0] != MYSQL_DUPLICATE_KEY:
-                raise
-        async with self.db.connect() as conn:
-            owner = (await conn.execute(text(
-                "SELECT channel_id, mode, claimed_at FROM api_order WHERE operator_group = :g AND api_order_no = :o"),
-                {"g": group, "o": number})).one()
         if owner.channel_id != command.channel_id:
             raise BadRequest(409, "order_no_taken",
                              f"api_order_no {number} was already used on channel {owner.channel_id}")
