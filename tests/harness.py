@@ -11,6 +11,7 @@ Nothing here sleeps and hopes: `wait_for` polls a condition until a deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -21,7 +22,7 @@ import sys
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,21 @@ async def mysql_root(sql: str, socket_path: str | None = None) -> None:
     output, _ = await proc.communicate(sql.encode())
     if proc.returncode:
         raise RuntimeError(f"mariadb as root failed ({proc.returncode}): {output.decode(errors='replace')}")
+
+
+@contextlib.asynccontextmanager
+async def migrated_database(settings: Settings, prefix: str) -> AsyncIterator[str]:
+    """A fresh database with the crash migrations applied, its URL for the tests' user; dropped after."""
+    database = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    grantee = f"'{make_url(settings.db_url).username}'@'127.0.0.1'"
+    await mysql_root(f"CREATE DATABASE {database} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;"
+                     f" GRANT ALL PRIVILEGES ON {database}.* TO {grantee};")
+    url = make_url(settings.db_url).set(database=database).render_as_string(hide_password=False)
+    try:
+        await migrate("crash", url)
+        yield url
+    finally:
+        await mysql_root(f"DROP DATABASE IF EXISTS {database};")
 
 
 def free_port() -> int:

@@ -21,11 +21,9 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
-from harness import Pipeline, mysql_root, wait_for
+from harness import Pipeline, migrated_database, wait_for
 from sql.db import make_engine
-from sql.migrate import migrate
 from streams import audit
 from streams.audit import AuditLog, WormStore, export, record_key_set, verify_worm
 from streams.settings import Settings, get_settings
@@ -35,14 +33,8 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="module")
 async def audit_db(base_settings: Settings) -> AsyncIterator[str]:
-    database = f"crash_audit_t_{uuid.uuid4().hex[:8]}"
-    grantee = f"'{make_url(base_settings.db_url).username}'@'127.0.0.1'"
-    await mysql_root(f"CREATE DATABASE {database} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;"
-                     f" GRANT ALL PRIVILEGES ON {database}.* TO {grantee};")
-    url = make_url(base_settings.db_url).set(database=database).render_as_string(hide_password=False)
-    await migrate("crash", url)
-    yield url
-    await mysql_root(f"DROP DATABASE IF EXISTS {database};")
+    async with migrated_database(base_settings, "crash_audit_t") as url:
+        yield url
 
 
 @pytest.fixture

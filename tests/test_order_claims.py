@@ -3,30 +3,21 @@ requests in one transaction get the owner a request at a time would have got."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
-from harness import mysql_root
+from harness import migrated_database
 from sql.db import make_engine
-from sql.migrate import migrate
 from streams.settings import Settings
 from web.order_claims import Claim, OrderClaims
 
 
 @pytest.fixture(scope="module")
 async def claims_db(base_settings: Settings) -> AsyncIterator[str]:
-    database = f"crash_claims_t_{uuid.uuid4().hex[:8]}"
-    grantee = f"'{make_url(base_settings.db_url).username}'@'127.0.0.1'"
-    await mysql_root(f"CREATE DATABASE {database} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;"
-                     f" GRANT ALL PRIVILEGES ON {database}.* TO {grantee};")
-    url = make_url(base_settings.db_url).set(database=database).render_as_string(hide_password=False)
-    await migrate("crash", url)
-    yield url
-    await mysql_root(f"DROP DATABASE IF EXISTS {database};")
+    async with migrated_database(base_settings, "crash_claims_t") as url:
+        yield url
 
 
 @pytest.fixture

@@ -403,7 +403,6 @@ class Push:
                 continue
             room.last_frame = now
 
-
     def _broadcast(self, room: Room, frame: bytes, kind: str) -> None:
         started = time.perf_counter()
         self._write(room.clients, frame, kind)
