@@ -12,7 +12,7 @@ import logging
 import os
 import time
 
-from agents import bet_service, term_jackpot, term_orchestrator
+from agents import bet_service, flight_clock, term_jackpot, term_orchestrator
 from agents.context import CommandContext
 from streams import metrics
 from streams.app import app, settings
@@ -97,7 +97,8 @@ def _advance_clock(ctx: CommandContext, record: Message) -> None:
 @app.agent(command_topic)
 async def command_processor(stream):
     await run_batches(stream, "commands", handle_command, expected=COMMAND_TOPIC_RECORDS, max_batch=500,
-                      before_batch=bet_service.before_batch, after_batch=term_jackpot.emit_contributions)
+                      before_batch=bet_service.before_batch, after_batch=term_jackpot.emit_contributions,
+                      after_commit=flight_clock.after_commit)
 
 
 # ---------------------------------------------------------------- the clock

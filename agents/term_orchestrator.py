@@ -9,7 +9,8 @@ while nobody owned it crashes at its committed point, marked `recovered`.
 The crash point of a running term is derived from the secret chain (tables.chain_store) into
 this process's memory only; it reaches a topic or a table only in TermCrashed/TermAborted.
 
-Besides game.term, the orchestrator writes two markers on game.bet, ordered with the bets:
+The ticks of a flying term are sent by agents/flight_clock.py, on their slots. Besides game.term,
+the orchestrator writes two markers on game.bet, ordered with the bets:
 BookMark (the bet stream's watermark while flying: autos are paid up to it) and BetsSealed
 (the term's end, after the grace time: the Cashout Service settles it).
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import logging
 
+from agents import flight_clock
 from agents.context import CommandContext
 from streams import fairness, metrics, money
 from streams.channels import ConfigError, growth, validate
@@ -36,7 +38,6 @@ from streams.events import (
     TermCreated,
     TermSettled,
     TermStateChanged,
-    TermTick,
 )
 from tables import ChannelState, TermState, channels, terms
 from tables.chain_store import chain_store
@@ -175,25 +176,12 @@ def _mark(ctx: CommandContext, term: TermState, mark_at: int) -> None:
 
 
 def _progress(ctx: CommandContext, term: TermState, crash_at: int) -> None:
-    """While flying: move the bet stream's watermark and send the low-rate ticks."""
-    clock = ctx.channel.clock
-    mark = min(clock - term.config["grace_ms"], crash_at - 1)
+    """While flying: move the bet stream's watermark; the flight clock sends the ticks."""
+    mark = min(ctx.channel.clock - term.config["grace_ms"], crash_at - 1)
     if mark > term.last_mark:
         _mark(ctx, term, mark)
-    tick_ms = term.config["tick_ms"]
-    due = term.last_tick_at + tick_ms
-    if clock >= due:
-        # `last_tick_at` is the tick's slot, not the moment it was processed: a tick handled a
-        # little late does not push every later one back (the clock's Ticks arrive every
-        # CRASH_TICK_INTERVAL_MS, so a slot is met within that much), and the ticks stay tick_ms
-        # apart on average. Far behind (a pause, a takeover), the slots restart from now.
-        term.last_tick_at = due if clock - due < tick_ms else clock
-        ctx.save_term(term)
-        elapsed = clock - term.flying_at
-        ctx.emit_term(TermTick(
-            event_id=f"{term.term_id}.tick.{elapsed}", channel_id=term.channel_id, term_id=term.term_id,
-            ts=clock, trace_id=term.term_id, elapsed_ms=elapsed,
-            multiple_x100=money.multiplier_x100(elapsed, growth(term.config))))
+    flight_clock.fly(ctx.batch, term.term_id, term.channel_id, term.flying_at, crash_at, term.config["tick_ms"],
+                     growth(term.config))
 
 
 def _reveal(ctx: CommandContext, term: TermState, proof: fairness.TermProof, ended_at: int, end_x100: int) -> None:
@@ -202,6 +190,7 @@ def _reveal(ctx: CommandContext, term: TermState, proof: fairness.TermProof, end
     term.next_term_at = ended_at + _pause_after_end(term.config)
     term.state_version += 1
     ctx.channel.last_revealed = proof.hash_hex
+    flight_clock.land(ctx.batch, term.channel_id)
     _proofs.pop(term.term_id, None)
     ctx.save_term(term)
 

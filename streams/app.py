@@ -16,7 +16,7 @@ from streams.settings import get_settings
 from web.http import stamp_and_guard
 
 settings = get_settings()
-faust_fixes.install()
+faust_fixes.install(fetch_wait_ms=settings.consumer_fetch_wait_ms)
 
 OPS = settings.process_role == "ops"
 

@@ -20,6 +20,10 @@ class Emitter:
     def send(self, topic, key: str, record: Message) -> None:
         self._pending.append((topic, key.encode(), encode(record), type_header(record)))
 
+    @property
+    def pending(self) -> bool:
+        return bool(self._pending)
+
     def send_raw(self, topic, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None = None) -> None:
         self._pending.append((topic, key, value, headers))
 

@@ -1,4 +1,4 @@
-"""A fix to Faust's consumer that money depends on: a partition without a committed offset is
+"""Two fixes to Faust's consumer. The one money depends on: a partition without a committed offset is
 rewound to its beginning when Faust seeks its stream partitions "to their committed offsets".
 
 Faust (faust-streaming 0.11-0.15) fetches ahead: while a rebalance's table recovery runs, a
@@ -49,5 +49,23 @@ async def _seek_to_committed(self) -> Mapping[TopicPartition, int | None]:
     return await self.call_thread(seek_to_committed_or_beginning, self._ensure_consumer())
 
 
-def install() -> None:
+# Faust builds its consumer with fetch_max_wait_ms=1500, fixed. aiokafka leaves a partition whose
+# fetched records are not consumed yet out of its next fetch request, and sends no other request
+# to that broker until this one returns; the broker holds a request whose partitions have nothing
+# new for up to fetch_max_wait_ms. So while one agent worked through a backlog (game.bet during
+# a term's flight), the next fetch went out without it and waited at the broker for 1-1.5 s,
+# and nothing new reached any agent, the clock's Ticks and the bets included (crash-bench's
+# ticks phase: empty 1 s fetches every ~3 s, then ~4,000 records at once, and TermTicks up to
+# 1.6 s late). The other consumers here (sink, gateway, push) already wait 10-50 ms.
+def _bounded_fetch_wait(create, fetch_wait_ms: int):
+    def create_worker_consumer(self, transport):
+        consumer = create(self, transport)
+        consumer._fetch_max_wait_ms = fetch_wait_ms     # read by the fetcher it builds at start
+        return consumer
+    return create_worker_consumer
+
+
+def install(fetch_wait_ms: int) -> None:
     faust_aiokafka.AIOKafkaConsumerThread.seek_to_committed = _seek_to_committed
+    thread = faust_aiokafka.AIOKafkaConsumerThread
+    thread._create_worker_consumer = _bounded_fetch_wait(thread._create_worker_consumer, fetch_wait_ms)

@@ -12,6 +12,8 @@ TERM_TRANSITIONS = Counter("crash_term_transitions_total", "Term state changes",
 TERMS_RECOVERED = Counter("crash_terms_recovered_total", "Terms whose crash was processed late (takeover)")
 TERM_LAG_MS = Histogram("crash_term_transition_lag_ms", "Processing time minus scheduled time of a transition",
                         buckets=(5, 10, 25, 50, 100, 150, 250, 500, 1000, 5000, 30000))
+TICK_LATENESS_MS = Histogram("crash_tick_lateness_ms", "When the flight clock sent a TermTick minus its slot",
+                             buckets=(1, 2.5, 5, 10, 20, 50, 100, 250, 1000))
 COMMAND_STALLS = Counter("crash_command_stalls_total",
                          "Workers stopped by the watchdog: a channel's commands were not consumed")
 CHAIN_EXHAUSTED = Counter("crash_chain_exhausted_total", "Terms not created because no next chain is published",

@@ -24,6 +24,7 @@ from typing import Any
 from faust.streams import _current_event
 
 from streams import metrics
+from streams.app import app
 from streams.codec import DecodeError, decode, encode, header_type
 from streams.emit import Emitter
 from streams.events import DeadLetter, Message
@@ -103,7 +104,7 @@ async def run_batches(stream, consumer: str, handle: Handler,
             handled = time.perf_counter()
             await batch.emit.flush()
             flushed = time.perf_counter()
-            batch.staged.commit()
+            await batch.staged.commit(await app.maybe_start_producer())
             if after_commit is not None:
                 await after_commit(batch)
         except Exception:

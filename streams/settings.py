@@ -95,14 +95,18 @@ class Settings:
     web_host: str = field(default_factory=lambda: _env("CRASH_WEB_HOST", "127.0.0.1"))
     web_port: int = field(default_factory=lambda: _env_int("CRASH_WEB_PORT", 6066))
     session_timeout_ms: int = field(default_factory=lambda: _env_int("CRASH_SESSION_TIMEOUT_MS", 10000))
-    # The clock's Tick per owned channel: half the flying ticks' period (tick_ms, 100 ms), so
-    # that a TermTick is sent within 50 ms of its slot (tick jitter, DESIGN section 14).
+    # The clock's Tick per owned channel: time for the orchestrator's schedule (a transition, the
+    # crash, the bet stream's watermark that pays the autos, is processed within this much of its
+    # time). The TermTicks players see have a clock of their own (agents/flight_clock.py).
     tick_interval_ms: int = field(default_factory=lambda: _env_int("CRASH_TICK_INTERVAL_MS", 50))
     # How long the workers' producer waits to fill a produce request: aiokafka encodes each
     # request in Python, so fewer, fuller requests cost less CPU per message (crash-bench).
     # (Measured on the 2-core machine: 2 ms -> 10 ms tripled the decisions per second and cut
     # the broker's CPU per bet by five; each hop waits up to this much longer.)
     producer_linger_ms: int = field(default_factory=lambda: _env_int("CRASH_PRODUCER_LINGER_MS", 10))
+    # The longest a worker's fetch waits at the broker for new records (streams/faust_fixes.py):
+    # below the clock's tick interval, so a fetch never holds a Tick back by more than this.
+    consumer_fetch_wait_ms: int = field(default_factory=lambda: _env_int("CRASH_CONSUMER_FETCH_WAIT_MS", 20))
     # A term's orders stay in the pipeline's index this long (channel time) after MySQL has
     # recorded the term: a cancel or cashout that comes that late still gets its real answer.
     order_keep_ms: int = field(default_factory=lambda: _env_int("CRASH_ORDER_KEEP_MS", 60_000))

@@ -75,7 +75,6 @@ class TermState(State):
     last_bet_at: int = 0         # receive time of the newest accepted bet
     cashout_horizon: int = 0     # receive time of the newest forwarded cashout request
     last_mark: int = 0
-    last_tick_at: int = 0
     book_sealed: bool = False
     next_term_at: Optional[int] = None
     totals: Optional[Dict[str, Dict[str, int]]] = None

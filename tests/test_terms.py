@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import re
 import subprocess
@@ -75,11 +76,34 @@ async def test_two_channels_run_terms_on_their_schedule_and_verify(pipe):
             assert stamped[("TermCrashed", "crashed")] == term["crash_at"]
             assert stamped[("TermClosed", "closed")] == term["closed_at"]
             previous = term
+        await _ticks_on_their_slots(pipe, channel_id, closed, growth)
         report = await verify_channel(pipe.db, channel_id)
         assert report["problems"] == [] and report["terms_ok"] >= 3, report
         cli = subprocess.run([str(BIN / "crash-verify"), "--channel", channel_id], env=pipe.env,
                              capture_output=True, text=True, timeout=60)
         assert cli.returncode == 0, cli.stdout + cli.stderr
+
+
+async def _ticks_on_their_slots(pipe, channel_id: str, closed: list[dict], growth: float) -> None:
+    """The flight clock's TermTicks: on the slots flying_at + k * tick_ms, the curve's multiple,
+    all before the crash, none after TermCrashed on the topic, none twice."""
+    events = [record for record, _, _, _ in await pipe.read_topic("game.term", key=channel_id) if record is not None]
+    for term in closed:
+        mine = [e for e in events if e.term_id == term["term_id"]]
+        kinds = [type(e).__name__ for e in mine]
+        ticks = [e for e in mine if type(e).__name__ == "TermTick"]
+        flight_ms = term["crash_at"] - term["flying_at"]
+        if flight_ms > 300:
+            assert ticks, f"{term['term_id']} flew {flight_ms} ms without a tick"
+        last_tick = max((i for i, kind in enumerate(kinds) if kind == "TermTick"), default=-1)
+        assert "TermCrashed" not in kinds[:last_tick + 1], "no tick after the crash"
+        slots = [t.ts for t in ticks]
+        assert slots == sorted(set(slots)), "each slot once, in order"
+        for tick in ticks:
+            assert tick.elapsed_ms == tick.ts - term["flying_at"] and tick.elapsed_ms % 100 == 0 and tick.elapsed_ms > 0
+            assert tick.ts < term["crash_at"]
+            assert tick.multiple_x100 == max(100, math.floor(100 * math.exp(growth * tick.elapsed_ms)))
+            assert tick.multiple_x100 < term["crash_x100"]
 
 
 async def test_running_term_shows_no_crash_point(pipe):

@@ -110,7 +110,10 @@ class TermFollower:
         if isinstance(event, TermStateChanged):
             live.update(state=event.state, bets_close_at=event.bets_close_at, flying_at=event.flying_at)
         elif isinstance(event, TermTick):
-            live["multiple_x100"] = event.multiple_x100
+            # The flight clock sends ticks apart from the term's events: one can arrive after
+            # the crash, or twice around a rebalance; the multiple shown only grows in flight.
+            if live.get("state") == "flying" and event.multiple_x100 > live.get("multiple_x100", 100):
+                live["multiple_x100"] = event.multiple_x100
         elif isinstance(event, TermCrashed):
             live.update(state="crashed", crash_x100=event.crash_x100, crash_at=event.crash_at)
         elif isinstance(event, TermAborted):

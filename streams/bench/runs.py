@@ -312,6 +312,7 @@ class Run:
         follower = TickFollower(dep, channel)
         await follower.start()
         term = await self.flying_term(dep, channel, seconds, autos, auto_targets=True)
+        profiles = self.profile(dep, seconds, "ticks")
         await asyncio.sleep(seconds)
         ticks = await follower.stop(term["term"]["term_id"])
         gaps = [b[0] - a[0] for a, b in zip(ticks, ticks[1:], strict=False)]
@@ -322,7 +323,8 @@ class Run:
                                  t=term["term"]["term_id"])
         return {"autos": autos, "ticks": len(ticks), "jitter_p50_ms": quantile(jitter, 0.5),
                 "jitter_p99_ms": quantile(jitter, 0.99), "jitter_max_ms": max(jitter) if jitter else None,
-                "late_p99_ms": quantile(lateness, 0.99), "cashed_out_in_mysql_so_far": cashed}
+                "late_p99_ms": quantile(lateness, 0.99), "cashed_out_in_mysql_so_far": cashed,
+                **({"profiles": await self.profile_summaries(profiles)} if profiles else {})}
 
     # ---------------------------------------------------------- 6. 1 worker vs 2
 
