@@ -191,18 +191,18 @@ async def place_bet(ctx: CommandContext, cmd: PlaceBet) -> None:
     # The one identifier rule of every door (streams/ids.py): a command that did not come
     # through the gateway is held to it too, before anything is stored under its ids.
     if not (ids.is_reference(cmd.api_order_no) and ids.is_reference(cmd.user_id)):
-        metrics.BET_DECISIONS.labels(outcome="rejected", reason="invalid_id").inc()
+        metrics.child(metrics.BET_DECISIONS, "rejected", "invalid_id").inc()
         return refuse(ctx, cmd, "invalid_id", api_order_no=cmd.api_order_no[:64])
     staged = ctx.batch.staged
     key = order_key(cmd.channel_id, cmd.api_order_no)
     order = staged.get(orders, key)
     if order is not None:
-        metrics.BET_DECISIONS.labels(outcome="repeat", reason="").inc()
+        metrics.child(metrics.BET_DECISIONS, "repeat", "").inc()
         _answer(ctx, cmd, order)
         return
     if cmd.claimed_at and cmd.claimed_at <= ctx.channel.history_before:
         # Maybe an order pruned with its recorded term: MySQL holds its first decision.
-        metrics.BET_DECISIONS.labels(outcome="repeat", reason=IN_HISTORY).inc()
+        metrics.child(metrics.BET_DECISIONS, "repeat", IN_HISTORY).inc()
         return refuse(ctx, cmd, IN_HISTORY, api_order_no=cmd.api_order_no)
     reason = _placement_refusal(ctx, cmd)
     term = ctx.term()
@@ -219,7 +219,7 @@ async def place_bet(ctx: CommandContext, cmd: PlaceBet) -> None:
             trace_id=cmd.trace_id, api_order_no=cmd.api_order_no, user_id=cmd.user_id, amount=cmd.amount,
             currency=cmd.currency, reason=reason, bet_type=cmd.bet_type,
             auto_cashout_x100=cmd.auto_cashout_x100, debited=cmd.debited))
-        metrics.BET_DECISIONS.labels(outcome="rejected", reason=reason).inc()
+        metrics.child(metrics.BET_DECISIONS, "rejected", reason).inc()
         _answer(ctx, cmd, order)
         return
     assert term is not None
@@ -236,7 +236,7 @@ async def place_bet(ctx: CommandContext, cmd: PlaceBet) -> None:
         amount=cmd.amount, currency=cmd.currency, bet_type=cmd.bet_type, max_win_x100=order.max_win_x100,
         auto_cashout_x100=cmd.auto_cashout_x100, debited=cmd.debited))
     term_jackpot.feed(ctx, term, cmd, order)
-    metrics.BET_DECISIONS.labels(outcome="accepted", reason="").inc()
+    metrics.child(metrics.BET_DECISIONS, "accepted", "").inc()
     _answer(ctx, cmd, order)
 
 
@@ -263,7 +263,7 @@ async def cancel_bet(ctx: CommandContext, cmd: CancelBet) -> None:
         event_id=f"{order.bet_id}.cancelled", channel_id=cmd.channel_id, term_id=order.term_id, ts=cmd.ts,
         trace_id=cmd.trace_id, bet_id=order.bet_id, api_order_no=order.api_order_no, user_id=order.user_id,
         amount=order.amount, currency=order.currency, debited=order.debited))
-    metrics.BET_DECISIONS.labels(outcome="cancelled", reason="").inc()
+    metrics.child(metrics.BET_DECISIONS, "cancelled", "").inc()
     _answer(ctx, cmd, order)
 
 

@@ -144,7 +144,7 @@ class _Term:
             trace_id=source.trace_id or self.term_id, kind="cashout", order_no=cashout_order_no(bet.bet_id),
             user_id=bet.user_id, amount=bet.payout, currency=bet.currency, bet_id=bet.bet_id,
             meta={"multiple_x100": bet.multiple_x100, "mode": bet.mode, "stake": bet.amount}))
-        metrics.CASHOUTS.labels(mode=bet.mode).inc()
+        metrics.child(metrics.CASHOUTS, bet.mode).inc()
 
     def cashed(self, bets: list[BookBet], source: Message) -> None:
         for bet in bets:

@@ -194,9 +194,9 @@ async def _contribute(batch: Batch, pool: JackpotPool, amount_micro: int, item: 
     touched.segment.total_micro += amount_micro
     pool.contributions += 1
     currency = pool.definition["currency"]
-    metrics.JACKPOT_CONTRIBUTIONS.labels(jackpot_id=pool.jackpot_id, source=item["source"]).inc()
-    metrics.JACKPOT_CONTRIBUTED.labels(jackpot_id=pool.jackpot_id, game_id=item["game_id"]).inc(amount_micro / MICRO)
-    metrics.JACKPOT_LATENCY.labels(source=item["source"]).observe(max(0, batch.now - item["ts"]) / 1000)
+    metrics.child(metrics.JACKPOT_CONTRIBUTIONS, pool.jackpot_id, item["source"]).inc()
+    metrics.child(metrics.JACKPOT_CONTRIBUTED, pool.jackpot_id, item["game_id"]).inc(amount_micro / MICRO)
+    metrics.child(metrics.JACKPOT_LATENCY, item["source"]).observe(max(0, batch.now - item["ts"]) / 1000)
     _check_near_cap(batch, touched, currency)
     if pool.definition["trigger"] != "must_hit_by":
         return []

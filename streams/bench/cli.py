@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help=f"comma-separated phases of {','.join(PHASES)}")
     parser.add_argument("--label", default="", help="a note stored with the figures (e.g. the commit)")
     parser.add_argument("--gateways", type=int, default=2, help="gateway processes (CRASH_GATEWAY_PROCESSES)")
+    parser.add_argument("--rates", default="", help="the gateway phase's offered bets/s, comma-separated "
+                        "(default 500,1000,2000; full run 500,1000,2000,5000)")
     parser.add_argument("--profile", action="store_true",
                         help="sample the workers with py-spy during the sustained phase (var/bench/profiles/)")
     args = parser.parse_args(argv)
@@ -106,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     args.seconds = 20 if quick else 60                  # sustained pipeline phase
     args.window = 4000
     args.baseline_messages = 60_000 if quick else 200_000
-    args.rates = [500, 1000, 2000] if quick else [500, 1000, 2000, 5000]
+    args.rates = ([int(r) for r in args.rates.split(",")] if args.rates
+                  else [500, 1000, 2000] if quick else [500, 1000, 2000, 5000])
     args.step_seconds = 10 if quick else 30
     args.cashout_rate = 100 if quick else 200
     args.cashout_background = 500 if quick else 1000
