@@ -124,66 +124,72 @@ async def test_kill_broker_redis_mariadb_worker_and_payouts_while_bots_play(chao
         "--channels", ",".join(channels), "--seed", str(seed),
         "--balance", str(BALANCE), "--refill-below", "1", "--gateway", pipe.gateway_url, "--quiet",
         "--report-json", str(report), env=pipe.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    started = now_ms()
-    await wait_for(lambda: accepted_after(pipe, channels, started), 90, "the bots' first accepted bet")
+    try:
+        started = now_ms()
+        await wait_for(lambda: accepted_after(pipe, channels, started), 90, "the bots' first accepted bet")
 
-    # A signed bet captured now, to be replayed after every restart.
-    key_id, secret = "operator", pipe.api_keys["operator"][0]
-    captured = json.dumps({"api_order_no": f"replay-{seed}", "channel_id": channels[0], "user_id": "replayer",
-                           "amount": 100, "currency": "EUR"}).encode()
-    captured_headers = {**sign_headers(key_id, secret, "POST", "/v1/bets", captured),
-                        "Content-Type": "application/json"}
-    assert pipe.http is not None
-    async with pipe.http.post(pipe.gateway_url + "/v1/bets", data=captured, headers=captured_headers) as resp:
-        assert resp.status in (200, 409, 503), await resp.text()      # its nonce is claimed: it was verified
+        # A signed bet captured now, to be replayed after every restart.
+        key_id, secret = "operator", pipe.api_keys["operator"][0]
+        captured = json.dumps({"api_order_no": f"replay-{seed}", "channel_id": channels[0], "user_id": "replayer",
+                               "amount": 100, "currency": "EUR"}).encode()
+        captured_headers = {**sign_headers(key_id, secret, "POST", "/v1/bets", captured),
+                            "Content-Type": "application/json"}
+        assert pipe.http is not None
+        async with pipe.http.post(pipe.gateway_url + "/v1/bets", data=captured, headers=captured_headers) as resp:
+            assert resp.status in (200, 409, 503), await resp.text()      # its nonce is claimed: it was verified
 
-    faults = [("kafka", "server"), ("redis", "server"), ("mariadb", "server"), ("worker-2", "process"),
-              ("payout", "process")]
-    gaps: dict[str, float] = {}
-    restarts: list[str] = []
-    last_fault = time.monotonic()
-    for name, kind in faults:
-        await asyncio.sleep(max(0.0, FAULT_EVERY_S - (time.monotonic() - last_fault)))   # the bots play meanwhile
+        faults = [("kafka", "server"), ("redis", "server"), ("mariadb", "server"), ("worker-2", "process"),
+                  ("payout", "process")]
+        gaps: dict[str, float] = {}
+        restarts: list[str] = []
         last_fault = time.monotonic()
-        at = now_ms()
-        if kind == "server":
-            stack("kill", name, "chaos")
-            await asyncio.sleep(OUTAGE_S)               # the outage itself: the server stays down this long
-            stack("infra", "up", "chaos", timeout=300)
-        elif name == "worker-2":
-            pipe.workers[2].kill9()
-            pipe.start_worker(2)
-        else:
-            pipe.others["payout"].kill9()
-            pipe.start_payout()
-        since = at + (OUTAGE_S * 1000 if kind == "server" else 0)
+        for name, kind in faults:
+            await asyncio.sleep(max(0.0, FAULT_EVERY_S - (time.monotonic() - last_fault)))   # the bots play meanwhile
+            last_fault = time.monotonic()
+            at = now_ms()
+            if kind == "server":
+                stack("kill", name, "chaos")
+                await asyncio.sleep(OUTAGE_S)               # the outage itself: the server stays down this long
+                stack("infra", "up", "chaos", timeout=300)
+            elif name == "worker-2":
+                pipe.workers[2].kill9()
+                pipe.start_worker(2)
+            else:
+                pipe.others["payout"].kill9()
+                pipe.start_payout()
+            since = at + (OUTAGE_S * 1000 if kind == "server" else 0)
 
-        async def back_again(since=since) -> int | None:
-            restarts.extend(await keep_workers_alive(pipe))    # the orchestrator watches all along
-            return await accepted_after(pipe, channels, since)
+            async def back_again(since=since) -> int | None:
+                restarts.extend(await keep_workers_alive(pipe))    # the orchestrator watches all along
+                return await accepted_after(pipe, channels, since)
 
-        try:
-            back = await wait_for(back_again, 180, f"bets accepted again after the {name} fault", every=0.25)
-        except AssertionError as error:
-            raise AssertionError(f"{error}\n{pipe.logs(lines=15)}") from None
-        gaps[name] = round((back - at) / 1000, 1)
-        restarts.extend(await keep_workers_alive(pipe))
-        # The captured request, again: refused, whatever restarted. (A 503 is the gateway shedding
-        # while requests sent before the fault are still awaited, before it reads any request: it
-        # says to retry, and so the replay does.)
-        async def replayed() -> tuple[int, dict] | None:
-            async with pipe.http.post(pipe.gateway_url + "/v1/bets", data=captured, headers=captured_headers) as resp:
-                body = await resp.json(content_type=None)
-                return None if resp.status == 503 else (resp.status, body)
+            try:
+                back = await wait_for(back_again, 180, f"bets accepted again after the {name} fault", every=0.25)
+            except AssertionError as error:
+                raise AssertionError(f"{error}\n{pipe.logs(lines=15)}") from None
+            gaps[name] = round((back - at) / 1000, 1)
+            restarts.extend(await keep_workers_alive(pipe))
+            # The captured request, again: refused, whatever restarted. (A 503 is the gateway shedding
+            # while requests sent before the fault are still awaited, before it reads any request: it
+            # says to retry, and so the replay does.)
+            async def replayed() -> tuple[int, dict] | None:
+                url = pipe.gateway_url + "/v1/bets"
+                async with pipe.http.post(url, data=captured, headers=captured_headers) as resp:
+                    body = await resp.json(content_type=None)
+                    return None if resp.status == 503 else (resp.status, body)
 
-        status, body = await wait_for(replayed, 60, "the replayed request read, not shed", every=0.5)
-        assert status == 401 and ("nonce" in body["reason"] or "epoch" in body["reason"]), (name, body)
+            status, body = await wait_for(replayed, 60, "the replayed request read, not shed", every=0.5)
+            assert status == 401 and ("nonce" in body["reason"] or "epoch" in body["reason"]), (name, body)
 
-    # The bots play until every fault is over and the game is back (then a last stretch of play).
-    await asyncio.sleep(FAULT_EVERY_S)
-    bots.send_signal(signal.SIGTERM)
-    output, _ = await asyncio.wait_for(bots.communicate(), 120)
-    assert bots.returncode == 0, output.decode(errors="replace")[-3000:]
+        # The bots play until every fault is over and the game is back (then a last stretch of play).
+        await asyncio.sleep(FAULT_EVERY_S)
+        bots.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(bots.communicate(), 120)
+        assert bots.returncode == 0, output.decode(errors="replace")[-3000:]
+    finally:
+        if bots.returncode is None:      # the test failed while they played: they must not outlive it
+            bots.kill()
+            await bots.wait()
     bot_report = json.loads(report.read_text())
     assert bot_report["bets"]["accepted"] > 50, bot_report["bets"]
     async with pipe.wallet() as admin:
