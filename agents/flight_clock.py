@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass
 
 from streams import metrics, money
 from streams.app import app
 from streams.emit import Emitter
 from streams.events import TermTick
-from streams.processing import Batch
+from streams.processing import Batch, now_ms
 from streams.topics import term_topic
 
 log = logging.getLogger(__name__)
@@ -101,10 +100,6 @@ def _forget(*args, **kwargs) -> None:
 
 
 app.on_partitions_revoked.connect(_forget)
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def send_due(now: int) -> float:

@@ -59,27 +59,23 @@ class Staged:
         commits the batch's offsets, see the module docstring)."""
         if not self._writes:
             return
-        batches: dict[tuple[Any, int], WriteBatch] = {}
-        last: dict[tuple[Any, int], asyncio.Future] = {}
+        # (table, partition) -> [its RocksDB write batch, the newest changelog send]
+        partitions: dict[tuple[Any, int], list] = {}
         for (_, key), (table, value, partition) in self._writes.items():
             store = table.data
             key_bytes = store._encode_key(key)
             value_bytes = None if value is _DELETED else store._encode_value(value)
-            batch = batches.get((store, partition))
-            if batch is None:
-                batch = batches[(store, partition)] = WriteBatch(raw_mode=True)
+            entry = partitions.setdefault((table, partition), [WriteBatch(raw_mode=True), None])
             if value_bytes is None:
-                batch.delete(key_bytes)
+                entry[0].delete(key_bytes)
                 store._key_index.pop(key_bytes, None)
             else:
-                batch.put(key_bytes, value_bytes)
+                entry[0].put(key_bytes, value_bytes)
                 store._key_index[key_bytes] = partition
-            last[(table, partition)] = await producer.send(
-                table.changelog_topic_name, key_bytes, value_bytes, partition, None, None)
+            entry[1] = await producer.send(table.changelog_topic_name, key_bytes, value_bytes, partition, None, None)
         self._writes.clear()
-        for (store, partition), batch in batches.items():
-            store._db_for_partition(partition).write(batch)
-        for (table, _), sent in last.items():
+        for (table, partition), (batch, sent) in partitions.items():
+            table.data._db_for_partition(partition).write(batch)
             sent.add_done_callback(lambda fut, table=table: _persisted(table, fut))
 
 

@@ -555,16 +555,21 @@ class DirectCommands:
         assert self.consumer is not None
 
         async def arrived() -> Any:
-            for messages in (await self.consumer.getmany(timeout_ms=100)).values():
-                for m in messages:
-                    try:
-                        record = decode(m.value)
-                    except DecodeError:
-                        continue
-                    self.replies[record.command_id] = record
+            await self.read_replies()
             return self.replies.get(command_id)
 
         return await wait_for(arrived, timeout, f"the reply to {command_id}", every=0)
+
+    async def read_replies(self, timeout_ms: int = 100) -> None:
+        """The replies that arrived (one fetch) into `self.replies`, by command id."""
+        assert self.consumer is not None
+        for messages in (await self.consumer.getmany(timeout_ms=timeout_ms, max_records=10_000)).values():
+            for m in messages:
+                try:
+                    record = decode(m.value)
+                except DecodeError:
+                    continue
+                self.replies[record.command_id] = record
 
 
 async def peek_crash_points(pipeline: Pipeline, channel_id: str, config: dict[str, Any]):
