@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-__all__ = ["install", "seek_to_committed_or_beginning"]
+__all__ = ["install", "seek_stream_partition", "seek_to_committed_or_beginning"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,18 @@ async def seek_to_committed_or_beginning(consumer: AIOKafkaConsumer) -> Mapping[
 
 async def _seek_to_committed(self) -> Mapping[TopicPartition, int | None]:
     return await self.call_thread(seek_to_committed_or_beginning, self._ensure_consumer())
+
+
+async def seek_stream_partition(consumer, tp: TopicPartition, offset: int) -> None:
+    """Faust's Consumer.seek, run where it belongs: Faust calls aiokafka's seek from the app's
+    event loop although the aiokafka consumer lives in a thread and loop of its own; this runs it
+    in that thread, then moves Faust's read offset (below it, Faust drops what it is delivered)."""
+    thread = consumer._thread
+
+    async def seek() -> None:
+        thread._ensure_consumer().seek(tp, offset)
+    await thread.call_thread(seek)
+    consumer._read_offset[tp] = offset or None
 
 
 # Faust builds its consumer with fetch_max_wait_ms=1500, fixed. aiokafka leaves a partition whose

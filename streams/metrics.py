@@ -16,6 +16,8 @@ def child(metric, *label_values: str):
 EVENTS_HANDLED = Counter("crash_events_handled_total", "Events handled by an agent", ["consumer"])
 BATCH_SECONDS = Histogram("crash_batch_seconds", "Time to handle one batch, including Kafka acks",
                           ["consumer"], buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
+SKIPPED_OFFSETS = Counter("crash_skipped_offsets_total",
+                          "Messages the consumer skipped that an agent found and read again", ["consumer"])
 DEAD_LETTERS = Counter("crash_dead_letters_total", "Undecodable messages sent to game.dlq", ["consumer", "topic"])
 
 TERM_TRANSITIONS = Counter("crash_term_transitions_total", "Term state changes", ["state"])

@@ -1,6 +1,7 @@
 """The batch loop every stateful agent runs (see tables/staging.py for why it is shaped so).
 
-    take a batch of events -> decode each (undecodable -> game.dlq) -> handle it against the
+    take a batch of events -> admit each (streams/positions.py: an event past one this agent has
+    not handled rewinds its partition) -> decode each (undecodable -> game.dlq) -> handle it against the
     staged tables -> finish the batch (after_batch: output grouped over the whole batch) ->
     send the batch's output and wait for Kafka's acks -> apply the staged table writes ->
     after_commit (views of the committed state) -> (Faust acks the events and commits their
@@ -28,6 +29,7 @@ from streams.app import app
 from streams.codec import DecodeError, decode, encode, header_type
 from streams.emit import Emitter
 from streams.events import DeadLetter, Message
+from streams.positions import SourcePositions
 from streams.topics import dlq_topic
 from tables.staging import Staged
 
@@ -80,6 +82,7 @@ async def run_batches(stream, consumer: str, handle: Handler,
     """`reads`: the records the handler acts on; a message whose `type` header names another
     record is skipped without being decoded (one without the header is decoded as before)."""
     wanted = frozenset(cls.__name__.encode() for cls in reads) if reads else None
+    positions = SourcePositions(consumer)
     async for events in stream.take_events(max_batch, within):
         if before_batch is not None:
             before_batch()
@@ -87,11 +90,13 @@ async def run_batches(stream, consumer: str, handle: Handler,
         started = time.perf_counter()
         try:
             for event in events:
+                _current_event.set(weakref.ref(event))
+                if not await positions.admit(event, batch.staged):
+                    continue
                 if wanted is not None:
                     kind = header_type(event.message.headers)
                     if kind is not None and kind not in wanted:
                         continue
-                _current_event.set(weakref.ref(event))
                 try:
                     record = decode(event.value, expected)
                 except DecodeError as error:

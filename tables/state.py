@@ -85,6 +85,10 @@ channels = app.Table("channels", value_type=ChannelState, help="channel config, 
 terms = app.Table("terms", value_type=TermState, help="the terms of each channel that are not closed yet")
 
 
+# "<agent>/<topic>/<partition>" -> the next offset that agent handles there (streams/positions.py).
+positions = app.Table("positions", help="each agent's next offset per source partition")
+
+
 # ---------------------------------------------------------------- Bet Service
 
 class Order(State):
@@ -219,6 +223,6 @@ term_jackpots = app.Table("term_jackpots", value_type=TermJackpot, help="podiums
 __all__: List[str] = [
     "State", "ChannelState", "TermState", "Order", "BookEntry", "TermBook", "RefundEntry",
     "JackpotPool", "TermJackpot",
-    "channels", "terms", "orders", "user_bets", "book", "term_books", "refunds",
+    "positions", "channels", "terms", "orders", "user_bets", "book", "term_books", "refunds",
     "jackpot_pools", "jackpot_keys", "term_jackpots",
 ]

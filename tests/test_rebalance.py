@@ -5,15 +5,12 @@ crash-bench's scaling phase found a batching change (an agent's batch taken as "
 now" instead of Faust's take_events) losing ~420 of ~30,000 commands when a worker joined under
 load: never answered, never decided. This test runs that situation.
 
-KNOWN DEFECT, open: without that change the loss is rarer but not gone. Here it passed four
-runs in a row, then failed once in a clean-clone CI run: 84 of 6,397 commands unanswered, all on
-the partitions the first worker kept through the rebalance (revoked and assigned again). That
-is the pattern of Faust's skipped-offset defects around a rebalance with manual acks
-(faust-streaming issues 216, 221, 312; robinhood/faust 604): messages of a kept partition fetched
-before the rebalance are skipped as stale but acknowledged, and the offset committed past them.
-Until the consumer is fixed (or the commands agent seeks a kept partition back to the offset its
-own table says it reached), this test is expected to fail now and then; it is marked so, not
-removed, so that every run still shows whether it passed."""
+Without that change the loss was rarer but not gone: 84 of 6,397 commands unanswered in one
+clean-clone CI run, all on the partitions the first worker kept through the rebalance (Faust's
+skipped-offset defects with manual acks: faust-streaming issues 216, 221, 312). Each agent now
+keeps its own position per source partition and reads a partition again from there when the
+consumer delivers past it (streams/positions.py): in this test's runs the first worker logs a
+hole of a few commands on each kept partition right after the rebalance, and reads it again."""
 from __future__ import annotations
 
 import asyncio
@@ -21,9 +18,10 @@ import time
 import uuid
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
-from harness import DirectCommands, now_ms, wait_for
+from harness import DirectCommands, committed_offsets, now_ms, wait_for
 from streams.codec import encode
 from streams.events import PlaceBet
 
@@ -34,8 +32,6 @@ SECONDS = 16
 JOIN_AFTER_S = 4            # the second worker starts while the first one is busy
 
 
-@pytest.mark.xfail(strict=False, reason="known defect: commands of a partition kept through a rebalance can be "
-                   "skipped (see the module docstring)")
 async def test_every_command_is_answered_when_a_worker_joins_under_load(pipeline_factory):
     pipe = await pipeline_factory("rebalance", gateway=False)
     partitions = list(range(pipe.base.partitions))
@@ -91,3 +87,50 @@ async def test_every_command_is_answered_when_a_worker_joins_under_load(pipeline
                                " GROUP BY api_order_no")
         return {r["api_order_no"] for r in rows} >= accepted and all(r["n"] == 1 for r in rows)
     await wait_for(in_mysql, 120, "every accepted bet in MySQL, once")
+
+
+async def test_commands_the_committed_offset_passed_are_still_handled(pipeline_factory):
+    """The consumer group's committed offset is moved past commands no agent handled (what Faust's
+    skipped-offset defects do): the commands agent's own position record (streams/positions.py)
+    finds the hole when the next message of that partition arrives, reads the partition again
+    from where it had got to, and answers every command."""
+    pipe = await pipeline_factory("skipped", gateway=False)
+    channel = await pipe.create_channel("s", betting_ms=60_000)
+    direct = DirectCommands(pipe)
+    await direct.start()
+    try:
+        def bet(order: str) -> dict:
+            return dict(api_order_no=order, user_id=f"u-{order}", amount=100, currency="EUR", bet_type="manual")
+
+        first = await direct.send(PlaceBet, channel, now_ms(), **bet(f"sk-{uuid.uuid4().hex[:8]}"))
+        assert (await direct.reply(first)).status == "accepted"
+        pipe.workers[1].stop()
+
+        orders = [f"sk-{uuid.uuid4().hex[:8]}" for _ in range(20)]
+        skipped = [await direct.send(PlaceBet, channel, now_ms(), **bet(order)) for order in orders]
+        topic = pipe.topic("game.command")
+        partition = DefaultPartitioner()(channel.encode(), list(range(pipe.base.partitions)),
+                                         list(range(pipe.base.partitions)))
+        tp = TopicPartition(topic, partition)
+        group = AIOKafkaConsumer(bootstrap_servers=pipe.base.kafka_bootstrap, group_id=pipe.settings.app_id,
+                                 enable_auto_commit=False)
+        await group.start()
+        try:
+            group.assign([tp])
+            end = (await group.end_offsets([tp]))[tp]
+            await group.commit({tp: end})
+        finally:
+            await group.stop()
+        assert (await committed_offsets(pipe.base.kafka_bootstrap, pipe.settings.app_id))[tp] == end
+
+        pipe.start_worker(1)
+        for command_id in skipped:
+            assert (await direct.reply(command_id, timeout=90)).status == "accepted"
+    finally:
+        await direct.stop()
+    assert "the consumer skipped" in pipe.workers[1].tail(400)
+
+    async def in_mysql() -> bool:
+        rows = await pipe.rows("SELECT api_order_no FROM bet WHERE api_order_no LIKE 'sk-%'")
+        return {r["api_order_no"] for r in rows} >= set(orders)
+    await wait_for(in_mysql, 120, "the skipped commands' bets in MySQL")
