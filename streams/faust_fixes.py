@@ -1,4 +1,4 @@
-"""Two fixes to Faust's consumer. The one money depends on: a partition without a committed offset is
+"""Three fixes to Faust's consumer. The one money depends on: a partition without a committed offset is
 rewound to its beginning when Faust seeks its stream partitions "to their committed offsets".
 
 Faust (faust-streaming 0.11-0.15) fetches ahead: while a rebalance's table recovery runs, a
@@ -18,10 +18,12 @@ Table changelogs are left alone: Faust positions those itself (recovery, standby
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 __all__ = ["install", "seek_stream_partition", "seek_to_committed_or_beginning"]
@@ -77,7 +79,83 @@ def _bounded_fetch_wait(create, fetch_wait_ms: int):
     return create_worker_consumer
 
 
+# Faust's consumer hands each fetched message to the agents' queues through
+# `wait_first(callback(message), suspend_flow.wait())`: four tasks and an asyncio.wait per
+# message, so that a delivery stuck on a full queue is dropped when a rebalance suspends the
+# flow. That was the worker's ceiling: at ~1,000 commands/s the consumer delivered a few hundred
+# messages per agent batch window while thousands it had fetched waited, and the commands agent
+# ran batches of ~38 events (crash-bench, sustained; py-spy: wait_first, asyncio.wait and
+# ensure_future among the top self-time frames). Here a message is delivered with a plain await
+# when nothing can hold it up: the flow is on, Faust's producer buffer is not over its limit, the
+# callback table is not being rebuilt and no queue of its partition is full. Otherwise the
+# delivery goes Faust's way. The rest is faust-streaming 0.15's `Consumer._drain_messages`.
+def _blocked(consumer, tp) -> bool:
+    app = consumer.app
+    conductor = app.topics
+    return (consumer.suspend_flow.is_set() or not app.flow_control.is_active()
+            or app.producer.buffer.size > app.producer.buffer.max_messages
+            or conductor._tp_to_callback_lock.locked()
+            or any(channel.queue.full() for channel in conductor._tp_index.get(tp, ())))
+
+
+async def _drain_messages(self, fetcher) -> None:  # the same as Faust's, but for the delivery
+    callback = self.callback
+    getmany = self.getmany
+    consumer_should_stop = self._stopped.is_set
+    fetcher_should_stop = fetcher._stopped.is_set
+    get_read_offset = self._read_offset.__getitem__
+    set_read_offset = self._read_offset.__setitem__
+    set_flag = self.diag.set_flag
+    unset_flag = self.diag.unset_flag
+    commit_every = self._commit_every
+    acks_enabled_for = self.app.topics.acks_enabled_for
+    yield_every = 100
+    num_since_yield = 0
+    try:
+        while not (consumer_should_stop() or fetcher_should_stop()):
+            set_flag(faust_consumer.CONSUMER_FETCHING)
+            ait = getmany(timeout=1.0)
+            await self.sleep(0)
+            if not self.should_stop:
+                async for tp, message in ait:
+                    num_since_yield += 1
+                    if num_since_yield > yield_every:
+                        await asyncio.sleep(0)
+                        num_since_yield = 0
+                    offset = message.offset
+                    r_offset = get_read_offset(tp)
+                    if r_offset is None or offset >= r_offset:
+                        gap = offset - (r_offset or 0)
+                        if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                            await self._add_gap(tp, r_offset + 1, offset)
+                        if commit_every is not None and self._n_acked >= commit_every:
+                            self._n_acked = 0
+                            await self.commit()
+                        if _blocked(self, tp):
+                            await self.wait_first(callback(message), self.suspend_flow.wait())
+                        else:
+                            await callback(message)
+                        set_read_offset(tp, offset)
+                unset_flag(faust_consumer.CONSUMER_FETCHING)
+    except self.consumer_stopped_errors:
+        if self.transport.app.should_stop:
+            self.log.info("Broker stopped consumer, shutting down...")
+            return
+        raise
+    except asyncio.CancelledError:
+        if self.transport.app.should_stop:
+            self.log.info("Consumer shutting down for user cancel.")
+            return
+        raise
+    except Exception as exc:
+        self.log.exception("Drain messages raised: %r", exc)
+        raise
+    finally:
+        unset_flag(faust_consumer.CONSUMER_FETCHING)
+
+
 def install(fetch_wait_ms: int) -> None:
     faust_aiokafka.AIOKafkaConsumerThread.seek_to_committed = _seek_to_committed
+    faust_consumer.Consumer._drain_messages = _drain_messages
     thread = faust_aiokafka.AIOKafkaConsumerThread
     thread._create_worker_consumer = _bounded_fetch_wait(thread._create_worker_consumer, fetch_wait_ms)

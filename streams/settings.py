@@ -107,6 +107,8 @@ class Settings:
     # The longest a worker's fetch waits at the broker for new records (streams/faust_fixes.py):
     # below the clock's tick interval, so a fetch never holds a Tick back by more than this.
     consumer_fetch_wait_ms: int = field(default_factory=lambda: _env_int("CRASH_CONSUMER_FETCH_WAIT_MS", 20))
+    # Standby copies of each table partition on other workers (Faust's table_standby_replicas).
+    standby_replicas: int = field(default_factory=lambda: _env_int("CRASH_STANDBY_REPLICAS", 1))
     # A term's orders stay in the pipeline's index this long (channel time) after MySQL has
     # recorded the term: a cancel or cashout that comes that late still gets its real answer.
     order_keep_ms: int = field(default_factory=lambda: _env_int("CRASH_ORDER_KEEP_MS", 60_000))

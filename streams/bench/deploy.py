@@ -202,6 +202,18 @@ class Deployment:
         await self.wait_http(f"http://127.0.0.1:{port}/metrics", proc)
         return proc
 
+    async def worker_group(self) -> tuple[str, int]:
+        """The workers' consumer group: its state ("Stable" once a rebalance is over) and members."""
+        from aiokafka.admin import AIOKafkaAdminClient
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.base.kafka_bootstrap)
+        await admin.start()
+        try:
+            (response,) = await admin.describe_consumer_groups([self.settings.app_id])
+            _error, _group, state, _protocol_type, _protocol, members, *_ = response.groups[0]
+            return state, len(members)
+        finally:
+            await admin.close()
+
     async def start_ops(self) -> Proc | None:
         """The operator views' own process (crash-ops), where this tree has one; else the workers
         serve the views themselves."""

@@ -69,6 +69,10 @@ def rows_of(results: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
     if w:
         out.append((f"1 -> 2 workers on {w.get('channels')} channels", "/s",
                     f"{w.get('one_worker_per_s')} -> {w.get('two_workers_per_s')}", f"x{w.get('ratio')}"))
+        bare = w.get("without_standby")
+        if bare:
+            out.append(("  the same without table standbys", "/s",
+                        f"{bare.get('one_worker_per_s')} -> {bare.get('two_workers_per_s')}", f"x{bare.get('ratio')}"))
     j = results.get("jackpot_api", {})
     for step in j.get("steps", []):
         api, bare = step["api"], step["bare"]

@@ -329,8 +329,16 @@ class Run:
     # ---------------------------------------------------------- 6. 1 worker vs 2
 
     async def scaling(self, seconds: float) -> dict[str, Any]:
+        """As deployed (each worker keeps a standby copy of the other's tables), and without
+        standbys: on two shared cores a standby's changelog replay is a large share of the work."""
+        figures = await self.scaling_with(seconds, "scale", {})
+        figures["without_standby"] = await self.scaling_with(seconds, "scale-nostandby",
+                                                             {"CRASH_STANDBY_REPLICAS": "0"})
+        return figures
+
+    async def scaling_with(self, seconds: float, name: str, env: dict[str, str]) -> dict[str, Any]:
         from aiokafka.partitioner import DefaultPartitioner
-        dep = Deployment("scale", self.base, self.work / "scale")
+        dep = Deployment(name, self.base, self.work / name, extra_env=env)
         try:
             await dep.open()
             await dep.start_worker(1)
@@ -346,7 +354,7 @@ class Run:
             channels = [await dep.create_channel(cid, CHANNEL_CONFIG) for cid in names.values()]
             one = await self.sustained(dep, channels, seconds, window=4000)
             await dep.start_worker(2)
-            await self.settle_rebalance(dep, channels)
+            await self.settle_rebalance(dep, channels, workers=2)
             two = await self.sustained(dep, channels, seconds, window=4000)
             return {"channels": len(channels), "one_worker_per_s": one["decisions_per_s"],
                     "two_workers_per_s": two["decisions_per_s"],
@@ -357,8 +365,15 @@ class Run:
             await self.check_mysql(dep)
             await dep.close()
 
-    async def settle_rebalance(self, dep: Deployment, channels: list[str]) -> None:
-        """Until every channel answers a bet again (the second worker's partitions are recovered)."""
+    async def settle_rebalance(self, dep: Deployment, channels: list[str], workers: int) -> None:
+        """Until the group is stable with `workers` members and every channel answers a bet again
+        (the new worker's partitions are recovered). Without the first wait, the probe was answered
+        by the first worker before the second had even joined, and the two-worker window measured
+        the second one's start and the rebalance."""
+        async def joined() -> bool:
+            return await dep.worker_group() == ("Stable", workers)
+        await wait_for(joined, 120, f"{workers} workers in a stable group", every=0.5)
+
         async def all_answer() -> bool:
             result = await self.load(dep, "kafka", channel=",".join(channels), count=len(channels) * 5,
                                      seconds=30, window=100, tag="probe", drain_s=5)
