@@ -184,6 +184,35 @@ async def test_the_key_id_is_part_of_the_signed_string() -> None:
     assert (await verifier.verify("POST", "/ops/channels/x/abort", headers, b"{}")).role == "game"
 
 
+async def test_nonce_claims_that_arrive_together_share_a_round_trip_and_each_nonce_wins_once() -> None:
+    """The Redis store groups the claims that arrive while one round trip runs: 300 requests at
+    once, each nonce used by three of them, give exactly one winner per nonce, in fewer round
+    trips than requests, and the next claim of any of them is refused."""
+    redis = redis_client(os.environ["CRASH_REDIS_URL"])
+    store = RedisNonceStore(redis, namespace=f"nonce-test-{uuid.uuid4().hex[:8]}")
+    trips = 0
+    pipeline = redis.pipeline
+
+    def counted(*args, **kwargs):
+        nonlocal trips
+        trips += 1
+        return pipeline(*args, **kwargs)
+
+    redis.pipeline = counted
+    try:
+        signed_at = now_ms()
+        nonces = [uuid.uuid4().hex for _ in range(100)]
+        answers = await asyncio.gather(*(store.claim("k", n, 60, signed_at) for n in nonces * 3))
+        by_nonce = {n: [a for m, a in zip(nonces * 3, answers, strict=True) if m == n] for n in nonces}
+        assert all(sorted(a, key=str) == [None, "nonce already used", "nonce already used"]
+                   for a in by_nonce.values()), by_nonce
+        assert trips < len(answers) / 10
+        assert await store.claim("k", nonces[0], 60, signed_at) == "nonce already used"
+        assert await store.claim("k", uuid.uuid4().hex, 60, signed_at) is None
+    finally:
+        await redis.aclose()
+
+
 # ---------------------------------------------------------------- findings 4 and 5: ids and ownership
 
 async def test_an_order_number_reused_on_another_channel_is_refused_even_if_redis_forgets(

@@ -24,6 +24,7 @@ signed before the loss can be replayed.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
@@ -98,12 +99,22 @@ def _now_ms() -> int:
 
 
 class RedisNonceStore:
-    """Nonces in Redis, one key per (key id, nonce) with an expiry, plus the store's epoch."""
+    """Nonces in Redis, one key per (key id, nonce) with an expiry, plus the store's epoch.
+
+    Claims are grouped: the first goes to Redis at once, and those that arrive while its round
+    trip runs go together in the next one (one pipeline: a SET NX per nonce and one GET of the
+    epoch), as `web/order_claims.py` does for the order numbers. One round trip per request was
+    17.6 % of a gateway's samples at 500 signed bets/s (crash-bench --profile). Nothing waits for
+    a timer, so a lone request costs what it did."""
+
+    MAX_CLAIMS = 500      # per round trip
 
     def __init__(self, redis, namespace: str = "nonce") -> None:  # redis.asyncio.Redis
         self._redis = redis
         self._namespace = namespace
         self._epoch_key = f"{namespace}:epoch"
+        self._pending: list[tuple[str, int, asyncio.Future]] = []
+        self._writer: asyncio.Task | None = None
 
     async def _new_epoch(self) -> int:
         """When the data was lost at the latest: Redis's start (to the second: its uptime is whole
@@ -116,12 +127,12 @@ class RedisNonceStore:
     async def claim(self, key_id: str, nonce: str, ttl_s: int, signed_at_ms: int) -> str | None:
         from streams.cache import REDIS_ERRORS
 
+        answer: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._pending.append((f"{self._namespace}:{key_id}:{nonce}", ttl_s, answer))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._claim_pending())
+        fresh, epoch = await answer
         try:
-            # One round trip: the claim and the epoch together.
-            pipe = self._redis.pipeline(transaction=False)
-            pipe.set(f"{self._namespace}:{key_id}:{nonce}", b"1", nx=True, ex=ttl_s)
-            pipe.get(self._epoch_key)
-            fresh, epoch = await pipe.execute()
             if epoch is None:
                 # No epoch: this store is new or lost its data (and with it, maybe, the nonces
                 # of requests signed before). A new epoch starts; the first writer wins.
@@ -132,6 +143,35 @@ class RedisNonceStore:
         if epoch is not None and signed_at_ms < int(epoch):
             return "signed before the nonce store's current epoch (it restarted without its data); sign it again"
         return None if fresh else "nonce already used"
+
+    async def _claim_pending(self) -> None:
+        from streams.cache import REDIS_ERRORS
+
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[:self.MAX_CLAIMS], self._pending[self.MAX_CLAIMS:]
+                try:
+                    pipe = self._redis.pipeline(transaction=False)
+                    for key, ttl_s, _answer in batch:
+                        pipe.set(key, b"1", nx=True, ex=ttl_s)
+                    pipe.get(self._epoch_key)
+                    *fresh, epoch = await pipe.execute()
+                except REDIS_ERRORS as error:
+                    failure: Exception = NonceStoreUnavailable(f"nonce store unavailable: {error}")
+                    results = None
+                except Exception as error:       # a bug: every claim of the batch fails with it
+                    failure, results = error, None
+                else:
+                    results = [(claimed, epoch) for claimed in fresh]
+                for i, (_key, _ttl, answer) in enumerate(batch):
+                    if answer.done():             # its request gave up (client gone, timeout)
+                        continue
+                    if results is None:
+                        answer.set_exception(failure)
+                    else:
+                        answer.set_result(results[i])
+        finally:
+            self._writer = None
 
 
 class MemoryNonceStore:
