@@ -15,11 +15,12 @@ received in the same millisecond from the same user on the same channel and mode
 """
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from web.group_commit import GroupCommit
 
 MAX_CLAIMS = 200          # per transaction; the statements stay small and quick
 
@@ -49,40 +50,25 @@ class Owner:
 class OrderClaims:
     def __init__(self, db: AsyncEngine) -> None:
         self.db = db
-        self.pending: list[tuple[Claim, asyncio.Future[Owner]]] = []
-        self.writer: asyncio.Task | None = None
+        self._group: GroupCommit[Claim, Owner] = GroupCommit(self._write_batch, MAX_CLAIMS)
 
     async def claim(self, claim: Claim) -> Owner:
         """The number's owner once this claim is committed (this claim itself, if it was first)."""
-        answer: asyncio.Future[Owner] = asyncio.get_running_loop().create_future()
-        self.pending.append((claim, answer))
-        if self.writer is None:
-            self.writer = asyncio.create_task(self._write_pending())
-        return await answer
+        return await self._group.submit(claim)
 
-    async def _write_pending(self) -> None:
+    async def _write_batch(self, claims: list[Claim]) -> list[Owner | Exception]:
         try:
-            while self.pending:
-                batch, self.pending = self.pending[:MAX_CLAIMS], self.pending[MAX_CLAIMS:]
-                try:
-                    owners = await self._write([claim for claim, _ in batch])
-                except Exception as error:
-                    if len(batch) == 1:
-                        _answer(batch[0][1], error=error)
-                        continue
-                    await self._write_singly(batch)   # one claim refused must not fail the others
-                    continue
-                for (_, answer), owner in zip(batch, owners, strict=True):
-                    _answer(answer, owner)
-        finally:
-            self.writer = None
-
-    async def _write_singly(self, batch: list[tuple[Claim, asyncio.Future[Owner]]]) -> None:
-        for claim, answer in batch:
+            return list(await self._write(claims))
+        except Exception:
+            if len(claims) == 1:
+                raise
+        results: list[Owner | Exception] = []
+        for claim in claims:                  # one claim refused must not fail the others
             try:
-                _answer(answer, (await self._write([claim]))[0])
+                results.append((await self._write([claim]))[0])
             except Exception as error:        # each request answers it (a 503, or a 500 for a bug)
-                _answer(answer, error=error)
+                results.append(error)
+        return results
 
     async def _write(self, claims: list[Claim]) -> list[Owner]:
         """Inserts the claims (a duplicate key keeps the row there) and reads each one's owner."""
@@ -121,11 +107,3 @@ class OrderClaims:
                 owners.append(owner)
             return owners
 
-
-def _answer(answer: asyncio.Future[Owner], owner: Owner | None = None, error: Exception | None = None) -> None:
-    if answer.done():               # the request went away (its client disconnected)
-        return
-    if error is not None:
-        answer.set_exception(error)
-    else:
-        answer.set_result(owner)

@@ -24,7 +24,6 @@ signed before the loss can be replayed.
 """
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import re
@@ -35,6 +34,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from aiohttp import web
+
+from web.group_commit import GroupCommit
 
 __all__ = ["sign", "sign_headers", "body_digest", "canonical", "Verifier", "Caller", "SignatureError",
            "NonceStoreUnavailable", "RedisNonceStore", "MemoryNonceStore", "require_signature", "MAX_SKEW_MS"]
@@ -101,11 +102,10 @@ def _now_ms() -> int:
 class RedisNonceStore:
     """Nonces in Redis, one key per (key id, nonce) with an expiry, plus the store's epoch.
 
-    Claims are grouped: the first goes to Redis at once, and those that arrive while its round
-    trip runs go together in the next one (one pipeline: a SET NX per nonce and one GET of the
-    epoch), as `web/order_claims.py` does for the order numbers. One round trip per request was
-    17.6 % of a gateway's samples at 500 signed bets/s (crash-bench --profile). Nothing waits for
-    a timer, so a lone request costs what it did."""
+    Claims are grouped (`web/group_commit.py`): those that arrive while one round trip runs go
+    together in the next one, a pipeline of a SET NX per nonce and one GET of the epoch. One round
+    trip per request was 17.6 % of a gateway's samples at 500 signed bets/s (crash-bench
+    --profile)."""
 
     MAX_CLAIMS = 500      # per round trip
 
@@ -113,8 +113,8 @@ class RedisNonceStore:
         self._redis = redis
         self._namespace = namespace
         self._epoch_key = f"{namespace}:epoch"
-        self._pending: list[tuple[str, int, asyncio.Future]] = []
-        self._writer: asyncio.Task | None = None
+        self._group: GroupCommit[tuple[str, int], tuple[bool, bytes | None]] = GroupCommit(
+            self._claim_batch, self.MAX_CLAIMS)
 
     async def _new_epoch(self) -> int:
         """When the data was lost at the latest: Redis's start (to the second: its uptime is whole
@@ -127,11 +127,7 @@ class RedisNonceStore:
     async def claim(self, key_id: str, nonce: str, ttl_s: int, signed_at_ms: int) -> str | None:
         from streams.cache import REDIS_ERRORS
 
-        answer: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._pending.append((f"{self._namespace}:{key_id}:{nonce}", ttl_s, answer))
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._claim_pending())
-        fresh, epoch = await answer
+        fresh, epoch = await self._group.submit((f"{self._namespace}:{key_id}:{nonce}", ttl_s))
         try:
             if epoch is None:
                 # No epoch: this store is new or lost its data (and with it, maybe, the nonces
@@ -144,34 +140,19 @@ class RedisNonceStore:
             return "signed before the nonce store's current epoch (it restarted without its data); sign it again"
         return None if fresh else "nonce already used"
 
-    async def _claim_pending(self) -> None:
+    async def _claim_batch(self, claims: list[tuple[str, int]]) -> list[tuple[bool, bytes | None]]:
+        """(claimed now, the epoch) per claim; NonceStoreUnavailable fails the whole batch."""
         from streams.cache import REDIS_ERRORS
 
         try:
-            while self._pending:
-                batch, self._pending = self._pending[:self.MAX_CLAIMS], self._pending[self.MAX_CLAIMS:]
-                try:
-                    pipe = self._redis.pipeline(transaction=False)
-                    for key, ttl_s, _answer in batch:
-                        pipe.set(key, b"1", nx=True, ex=ttl_s)
-                    pipe.get(self._epoch_key)
-                    *fresh, epoch = await pipe.execute()
-                except REDIS_ERRORS as error:
-                    failure: Exception = NonceStoreUnavailable(f"nonce store unavailable: {error}")
-                    results = None
-                except Exception as error:       # a bug: every claim of the batch fails with it
-                    failure, results = error, None
-                else:
-                    results = [(claimed, epoch) for claimed in fresh]
-                for i, (_key, _ttl, answer) in enumerate(batch):
-                    if answer.done():             # its request gave up (client gone, timeout)
-                        continue
-                    if results is None:
-                        answer.set_exception(failure)
-                    else:
-                        answer.set_result(results[i])
-        finally:
-            self._writer = None
+            pipe = self._redis.pipeline(transaction=False)
+            for key, ttl_s in claims:
+                pipe.set(key, b"1", nx=True, ex=ttl_s)
+            pipe.get(self._epoch_key)
+            *fresh, epoch = await pipe.execute()
+        except REDIS_ERRORS as error:
+            raise NonceStoreUnavailable(f"nonce store unavailable: {error}") from error
+        return [(bool(claimed), epoch) for claimed in fresh]
 
 
 class MemoryNonceStore:
