@@ -42,16 +42,48 @@ from streams.events import (
     PlaceBet,
     TermRecorded,
 )
-from tables import Order, orders, user_bets
+from tables import Order, orders
 
 log = logging.getLogger(__name__)
 
 BET_TYPES = ("manual", "auto")
 IN_HISTORY = "order_in_history"
 
-# channel_id -> group (term seq) -> order keys: which orders a TermRecorded prunes. Process
-# memory, rebuilt from the (bounded) orders table after a rebalance; None = rebuild first.
-_groups: dict[str, dict[int, list[str]]] | None = None
+class OrderIndex:
+    """Process memory over the (bounded) orders table, rebuilt from it after a rebalance:
+    which orders a TermRecorded prunes, and each player's live bets in a term (for
+    max_bets_per_user; before, a `user_bets` table entry per player, read and written with every
+    bet: one more RocksDB read, JSON document and changelog message per bet, crash-bench)."""
+
+    def __init__(self) -> None:
+        self.groups: dict[str, dict[int, list[str]]] = {}         # channel -> group (term seq) -> keys
+        self.live: dict[tuple[str, str], dict[str, set[str]]] = {}  # (channel, term) -> user -> orders
+
+    @classmethod
+    def of_table(cls) -> OrderIndex:
+        index = cls()
+        for key, order in orders.items():
+            index.add(key, order)
+        log.info("orders index: %d orders of %d channels", sum(len(k) for g in index.groups.values()
+                                                                for k in g.values()), len(index.groups))
+        return index
+
+    def add(self, key: str, order: Order) -> None:
+        self.groups.setdefault(order.channel_id, {}).setdefault(order.group, []).append(key)
+        if order.status == "placed":
+            self.user_orders(order.channel_id, order.term_id, order.user_id).add(order.api_order_no)
+
+    def user_orders(self, channel_id: str, term_id: str, user_id: str) -> set[str]:
+        return self.live.setdefault((channel_id, term_id), {}).setdefault(user_id, set())
+
+    def cancelled(self, order: Order) -> None:
+        self.user_orders(order.channel_id, order.term_id, order.user_id).discard(order.api_order_no)
+
+    def pruned(self, order: Order) -> None:
+        self.live.pop((order.channel_id, order.term_id), None)
+
+
+_index: OrderIndex | None = None        # None: rebuild from the table first
 _stale = False
 
 
@@ -65,26 +97,22 @@ app.on_partitions_assigned.connect(_mark_stale)
 
 
 def before_batch() -> None:
-    """At the start of a batch (never mid-batch): forget the group index after a rebalance."""
-    global _groups, _stale
+    """At the start of a batch (never mid-batch): forget the index after a rebalance."""
+    global _index, _stale
     if _stale:
-        _groups, _stale = None, False
+        _index, _stale = None, False
 
 
-def _group_index() -> dict[str, dict[int, list[str]]]:
-    global _groups
-    if _groups is None:
-        _groups = {}
-        for key, order in orders.items():
-            _groups.setdefault(order.channel_id, {}).setdefault(order.group, []).append(key)
-        log.info("orders index: %d orders of %d channels", sum(len(k) for g in _groups.values()
-                                                                for k in g.values()), len(_groups))
-    return _groups
+def order_index() -> OrderIndex:
+    global _index
+    if _index is None:
+        _index = OrderIndex.of_table()
+    return _index
 
 
 def _remember(ctx: CommandContext, key: str, order: Order) -> None:
     ctx.batch.staged.set(orders, key, order)
-    _group_index().setdefault(order.channel_id, {}).setdefault(order.group, []).append(key)
+    order_index().add(key, order)
 
 
 def _prune_group(ctx: CommandContext) -> int:
@@ -113,7 +141,8 @@ async def prune_due(ctx: CommandContext, cmd: object = None) -> None:
 
 
 def _prune(ctx: CommandContext, seq: int) -> None:
-    groups = _group_index().get(ctx.channel_id, {})
+    index = order_index()
+    groups = index.groups.get(ctx.channel_id, {})
     channel = ctx.channel
     pruned = 0
     for group in sorted(g for g in groups if g <= seq):
@@ -123,6 +152,7 @@ def _prune(ctx: CommandContext, seq: int) -> None:
                 continue
             channel.history_before = max(channel.history_before, order.received_at)
             ctx.batch.staged.delete(orders, key)
+            index.pruned(order)
             pruned += 1
     if pruned:
         metrics.ORDERS_PRUNED.inc(pruned)
@@ -130,16 +160,6 @@ def _prune(ctx: CommandContext, seq: int) -> None:
 
 def order_key(channel_id: str, api_order_no: str) -> str:
     return f"{channel_id}/{api_order_no}"
-
-
-def _user_orders(ctx: CommandContext, user_id: str, term_id: str) -> list[str]:
-    """The user's live bets in the term (one entry per user and channel, reset by a new term)."""
-    entry = ctx.batch.staged.get(user_bets, f"{ctx.channel_id}/{user_id}")
-    return list(entry["orders"]) if entry and entry["term_id"] == term_id else []
-
-
-def _set_user_orders(ctx: CommandContext, user_id: str, term_id: str, placed: list[str]) -> None:
-    ctx.batch.staged.set(user_bets, f"{ctx.channel_id}/{user_id}", {"term_id": term_id, "orders": placed})
 
 
 def refuse(ctx: CommandContext, cmd: Command, reason: str, **details) -> None:
@@ -182,7 +202,7 @@ def _placement_refusal(ctx: CommandContext, cmd: PlaceBet) -> str:
         return "term_aborted"
     if ctx.channel.clock >= term.bets_close_at + term.config["grace_ms"]:
         return "late"
-    if len(_user_orders(ctx, cmd.user_id, term.term_id)) >= limits["max_bets_per_user"]:
+    if len(order_index().user_orders(cmd.channel_id, term.term_id, cmd.user_id)) >= limits["max_bets_per_user"]:
         return "max_bets_per_user"
     return ""
 
@@ -226,7 +246,6 @@ async def place_bet(ctx: CommandContext, cmd: PlaceBet) -> None:
     limits = ctx.channel.config["currencies"][cmd.currency]
     order.bet_id = cmd.event_id
     order.max_win_x100 = money.max_multiple_within(cmd.amount, limits["max_win"])
-    _set_user_orders(ctx, cmd.user_id, term.term_id, _user_orders(ctx, cmd.user_id, term.term_id) + [cmd.api_order_no])
     _remember(ctx, key, order)
     term.last_bet_at = max(term.last_bet_at, cmd.ts)
     ctx.save_term(term)
@@ -257,8 +276,7 @@ async def cancel_bet(ctx: CommandContext, cmd: CancelBet) -> None:
         return refuse(ctx, cmd, "late", api_order_no=cmd.api_order_no, bet_id=order.bet_id)
     order.status = "cancelled"
     staged.set(orders, key, order)
-    _set_user_orders(ctx, order.user_id, term.term_id,
-                     [n for n in _user_orders(ctx, order.user_id, term.term_id) if n != order.api_order_no])
+    order_index().cancelled(order)
     ctx.emit_bet(BetCancelled(
         event_id=f"{order.bet_id}.cancelled", channel_id=cmd.channel_id, term_id=order.term_id, ts=cmd.ts,
         trace_id=cmd.trace_id, bet_id=order.bet_id, api_order_no=order.api_order_no, user_id=order.user_id,

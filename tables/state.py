@@ -118,9 +118,6 @@ class Order(State):
 # from MySQL's unique key, agents/bet_service.py), so its size, its changelog and a rebalance's
 # recovery follow the live terms, not the history.
 orders = app.Table("orders", value_type=Order, help="api_order_no index: first decision per order")
-# channel_id/user_id -> {"term_id", "orders"}: the user's live bets in the newest term (for
-# max_bets_per_user); a new term overwrites the entry, so the table stays one entry per player.
-user_bets = app.Table("user_bets", help="channel_id/user_id -> the user's bets in the current term")
 
 
 # ---------------------------------------------------------------- Cashout Service
@@ -223,6 +220,6 @@ term_jackpots = app.Table("term_jackpots", value_type=TermJackpot, help="podiums
 __all__: List[str] = [
     "State", "ChannelState", "TermState", "Order", "BookEntry", "TermBook", "RefundEntry",
     "JackpotPool", "TermJackpot",
-    "positions", "channels", "terms", "orders", "user_bets", "book", "term_books", "refunds",
+    "positions", "channels", "terms", "orders", "book", "term_books", "refunds",
     "jackpot_pools", "jackpot_keys", "term_jackpots",
 ]
