@@ -429,8 +429,12 @@ async def test_near_cap_notice_once_per_cycle_signed_and_retried(pipe, webhook):
     [notice] = await wait_for(lambda: notices(1), 60, "the near-cap notice")
     assert (notice["cycle"], notice["value"], notice["cap"], notice["share_bps"]) == (1, 1_600, 2_000, 8_000)
     assert notice["key"] == notice["notice_id"] and notice["key_id"] == "crash-jackpot"
-    rows = await pipe.rows("SELECT status, retry_count FROM jackpot_notice WHERE notice_id = :n", n=notice["key"])
-    assert rows == [{"status": "delivered", "retry_count": 3}]
+
+    async def recorded():
+        # The notifier records the delivery after the webhook has answered it.
+        rows = await pipe.rows("SELECT status, retry_count FROM jackpot_notice WHERE notice_id = :n", n=notice["key"])
+        return rows if rows and rows[0]["status"] in ("delivered", "failed") else None
+    assert await wait_for(recorded, 30, "the delivery recorded") == [{"status": "delivered", "retry_count": 3}]
     status, body = await pipe.signed(pipe.gateway_url, "operator", "POST", f"/jackpot/{jackpot_id}/award",
                                      {"playerId": "nc"}, headers={"Idempotency-Key": "nc-1"})
     assert status == 200 and body["award"]["amount"] == 1_700
