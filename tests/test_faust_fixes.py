@@ -78,3 +78,55 @@ async def test_the_fix_rewinds_it_to_the_beginning_and_a_committed_one_to_its_of
 def test_every_worker_runs_with_the_fix():
     import streams.app  # noqa: F401  (installs it)
     assert faust_aiokafka.AIOKafkaConsumerThread.seek_to_committed is faust_fixes._seek_to_committed
+
+
+class _FakeAiokafka:
+    def __init__(self, assigned: set) -> None:
+        self.assigned = assigned
+        self.paused: set = set()
+
+    def assignment(self) -> set:
+        return self.assigned
+
+    def pause(self, *tps) -> None:
+        self.paused.update(tps)
+
+    def resume(self, *tps) -> None:
+        self.paused.difference_update(tps)
+
+
+class _FakeThread:
+    def __init__(self, consumer: _FakeAiokafka) -> None:
+        self.consumer = consumer
+
+    def _ensure_consumer(self) -> _FakeAiokafka:
+        return self.consumer
+
+    async def call_thread(self, fun):
+        return await fun()
+
+
+async def test_a_changelog_partition_paused_by_faust_is_paused_in_aiokafka_too():
+    """Faust's pause only leaves a partition out of its own draining; aiokafka fetched it on, and
+    records nobody takes hold every fetch back for aiokafka's prefetch backoff (100 ms)."""
+    import asyncio
+
+    changelog, other_changelog = TopicPartition("app-orders-changelog", 4), TopicPartition("app-book-changelog", 9)
+    stream = TopicPartition("game.command", 4)
+    aiokafka = _FakeAiokafka({changelog, stream})
+    faust_side: list[tuple[str, set]] = []
+
+    class Consumer:
+        _thread = _FakeThread(aiokafka)
+        pause_partitions = faust_fixes._mirror_to_aiokafka(lambda self, tps: faust_side.append(("pause", tps)), "pause")
+        resume_partitions = faust_fixes._mirror_to_aiokafka(lambda self, tps: faust_side.append(("resume", tps)),
+                                                            "resume")
+
+    consumer = Consumer()
+    consumer.pause_partitions(iter([changelog, other_changelog, stream]))    # an iterator, as Faust may pass
+    await asyncio.sleep(0)
+    assert faust_side == [("pause", {changelog, other_changelog, stream})]  # Faust's own bookkeeping as before
+    assert aiokafka.paused == {changelog}      # not the stream partition; not one no longer assigned
+    consumer.resume_partitions([changelog, stream])
+    await asyncio.sleep(0)
+    assert aiokafka.paused == set()
