@@ -1,4 +1,4 @@
-"""Four fixes to Faust's consumer. The one money depends on: a partition without a committed offset is
+"""Three fixes to Faust's consumer. The one money depends on: a partition without a committed offset is
 rewound to its beginning when Faust seeks its stream partitions "to their committed offsets".
 
 Faust (faust-streaming 0.11-0.15) fetches ahead: while a rebalance's table recovery runs, a
@@ -154,41 +154,8 @@ async def _drain_messages(self, fetcher) -> None:  # the same as Faust's, but fo
         unset_flag(faust_consumer.CONSUMER_FETCHING)
 
 
-# Faust's pause_partitions ("pause fetching from partitions") only takes partitions out of what its
-# own getmany drains; aiokafka goes on fetching them. The records it fetches for a changelog
-# partition Faust keeps paused (an active table's, once it is recovered or needed no recovery)
-# are never taken, and aiokafka's fetcher sends nothing to the broker while a partition's
-# unconsumed records are younger than its prefetch backoff (100 ms): each table's first write
-# into such a partition stopped every fetch of the worker for 100 ms (crash-bench's gateway step
-# at 60 bets/s: a fresh channel's first commands reached the agent in 100 ms chunks, which was
-# the step's whole p99; aiokafka's fetcher logged the orders, term_books and cashout_book
-# changelogs of the channel's partition holding back its fetches one after another). Here a
-# changelog partition's pause and resume are also applied to aiokafka, in the consumer's thread
-# and in the order Faust made them. Stream partitions are left to Faust as they are.
-def _mirror_to_aiokafka(method, name: str):
-    def mirrored(self, tps) -> None:
-        tps = set(tps)
-        method(self, tps)
-        changelogs = [TopicPartition(tp.topic, tp.partition) for tp in tps if tp.topic.endswith("-changelog")]
-        thread = getattr(self, "_thread", None)
-        if not changelogs or thread is None:
-            return
-
-        async def apply() -> None:
-            consumer = thread._ensure_consumer()
-            assigned = consumer.assignment()
-            mine = [tp for tp in changelogs if tp in assigned]
-            if mine:
-                getattr(consumer, name)(*mine)
-        asyncio.ensure_future(thread.call_thread(apply))
-    return mirrored
-
-
 def install(fetch_wait_ms: int) -> None:
     faust_aiokafka.AIOKafkaConsumerThread.seek_to_committed = _seek_to_committed
     faust_consumer.Consumer._drain_messages = _drain_messages
     thread = faust_aiokafka.AIOKafkaConsumerThread
     thread._create_worker_consumer = _bounded_fetch_wait(thread._create_worker_consumer, fetch_wait_ms)
-    consumer = faust_consumer.Consumer
-    consumer.pause_partitions = _mirror_to_aiokafka(consumer.pause_partitions, "pause")
-    consumer.resume_partitions = _mirror_to_aiokafka(consumer.resume_partitions, "resume")
