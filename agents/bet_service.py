@@ -7,8 +7,8 @@ every repeat. A bet received in time but reaching the pipeline after the term's 
 sealed (grace_ms after bets_close_at) is refused as `late` rather than changing a settled book.
 
 Manual cashouts are checked here (owner, term flying, not after the crash, not behind the
-bet stream's watermark) and forwarded on game.bet, ordered with the bets, to the Cashout
-Service, which decides and answers.
+bet stream's watermark) and written on game.bet, ordered with the bets, as the cashout book's
+input; the book (agents/cashout_service.py) decides and answers in the same batch.
 
 Bounded state (issue 10): the `orders` index keeps the orders of the terms that MySQL has not
 recorded yet. Each order belongs to the term whose settlement follows its events on game.bet
@@ -71,13 +71,15 @@ class OrderIndex:
     def add(self, key: str, order: Order) -> None:
         self.groups.setdefault(order.channel_id, {}).setdefault(order.group, []).append(key)
         if order.status == "placed":
-            self.user_orders(order.channel_id, order.term_id, order.user_id).add(order.api_order_no)
+            users = self.live.setdefault((order.channel_id, order.term_id), {})
+            users.setdefault(order.user_id, set()).add(order.api_order_no)
 
-    def user_orders(self, channel_id: str, term_id: str, user_id: str) -> set[str]:
-        return self.live.setdefault((channel_id, term_id), {}).setdefault(user_id, set())
+    def user_orders(self, channel_id: str, term_id: str, user_id: str) -> set[str] | frozenset[str]:
+        """The player's live orders in the term (a read: it stores nothing for a new player)."""
+        return self.live.get((channel_id, term_id), {}).get(user_id, frozenset())
 
     def cancelled(self, order: Order) -> None:
-        self.user_orders(order.channel_id, order.term_id, order.user_id).discard(order.api_order_no)
+        self.live.get((order.channel_id, order.term_id), {}).get(order.user_id, set()).discard(order.api_order_no)
 
     def pruned(self, order: Order) -> None:
         self.live.pop((order.channel_id, order.term_id), None)
@@ -249,7 +251,7 @@ async def place_bet(ctx: CommandContext, cmd: PlaceBet) -> None:
     _remember(ctx, key, order)
     term.last_bet_at = max(term.last_bet_at, cmd.ts)
     ctx.save_term(term)
-    ctx.emit_bet(BetPlaced(
+    ctx.emit_book(BetPlaced(
         event_id=f"{order.bet_id}.placed", channel_id=cmd.channel_id, term_id=term.term_id, ts=cmd.ts,
         trace_id=cmd.trace_id, bet_id=order.bet_id, api_order_no=cmd.api_order_no, user_id=cmd.user_id,
         amount=cmd.amount, currency=cmd.currency, bet_type=cmd.bet_type, max_win_x100=order.max_win_x100,
@@ -277,7 +279,7 @@ async def cancel_bet(ctx: CommandContext, cmd: CancelBet) -> None:
     order.status = "cancelled"
     staged.set(orders, key, order)
     order_index().cancelled(order)
-    ctx.emit_bet(BetCancelled(
+    ctx.emit_book(BetCancelled(
         event_id=f"{order.bet_id}.cancelled", channel_id=cmd.channel_id, term_id=order.term_id, ts=cmd.ts,
         trace_id=cmd.trace_id, bet_id=order.bet_id, api_order_no=order.api_order_no, user_id=order.user_id,
         amount=order.amount, currency=order.currency, debited=order.debited))
@@ -310,7 +312,7 @@ async def request_cashout(ctx: CommandContext, cmd: CashoutBet) -> None:
         return refuse(ctx, cmd, "late", **details)
     term.cashout_horizon = max(term.cashout_horizon, t)
     ctx.save_term(term)
-    ctx.emit_bet(CashoutRequested(
+    ctx.emit_book(CashoutRequested(
         event_id=f"{cmd.event_id}.request", channel_id=cmd.channel_id, term_id=term.term_id, ts=t,
         trace_id=cmd.trace_id, bet_id=order.bet_id, api_order_no=order.api_order_no, user_id=order.user_id,
         requested_at=t, command_id=cmd.event_id, gateway_id=cmd.gateway_id))

@@ -1,18 +1,22 @@
 """Cashout Service (seed: 自动/手动兑现): the cashout book of each flying term.
 
-It consumes game.bet, where the Bet Service and the orchestrator write, in one order per
-channel, everything a book needs: bets, cancels, forwarded manual cashouts, the BookMark
-watermark and the BetsSealed end marker (the "stream join" of term and bet streams: the term
-side arrives as those markers, ordered with the bets, so no cross-topic race can change a
-result). The rules themselves are streams.settlement.Book.
+A book's inputs are what the Bet Service and the orchestrator write on game.bet, in one order
+per channel: bets, cancels, manual cashout requests, the BookMark watermark and the BetsSealed
+end marker (the "stream join" of term and bet streams: the term side arrives as those markers,
+ordered with the bets, so no cross-topic race can change a result). The commands agent applies
+each of them here as it writes it (`CommandContext.emit_book`), in the same batch: a cashout is
+decided and answered in the batch that received it, and game.bet is not decoded again to build
+the book (it was, by an agent of its own, until 2026-12-02: one more batch, acknowledgement and
+decode of every bet). crash-replay rebuilds a term's book from that same stream. The rules
+themselves are streams.settlement.Book.
 
 The book lives in the `cashout_book` table (one entry per bet) and `term_books` (one header
 per term); the heaps are process memory rebuilt from the table after a restart or rebalance.
 Each cashout emits BetCashedOut (game.bet) and PayoutRequested(cashout) (game.payout) with the
-deterministic order_no `cashout:<bet_id>`; the settlement emits TermSettled, both to game.bet
-(the sink marks the rest of the term's bets lost) and to game.command (the orchestrator closes
-the term, and a term jackpot that hit during the term is shared out on its `podium`: the
-term's best cashouts, looked up in the book at the settlement).
+deterministic order_no `cashout:<bet_id>`; the settlement emits TermSettled on game.bet (the
+sink marks the rest of the term's bets lost) and hands it back to the orchestrator, which
+closes the term and shares out a term jackpot that hit during it on the `podium` (the term's
+best cashouts, looked up in the book at the settlement).
 """
 from __future__ import annotations
 
@@ -21,7 +25,6 @@ import logging
 from streams import metrics
 from streams.app import app
 from streams.events import (
-    BET_TOPIC_EVENTS,
     BetCancelled,
     BetCashedOut,
     BetPlaced,
@@ -35,9 +38,9 @@ from streams.events import (
     PayoutRequested,
     TermSettled,
 )
-from streams.processing import Batch, run_batches
+from streams.processing import Batch
 from streams.settlement import Book, BookBet, bet_from_placed
-from streams.topics import bet_topic, command_topic, payout_topic, reply_topic
+from streams.topics import bet_topic, payout_topic, reply_topic
 from tables import BookEntry, TermBook, book, term_books
 
 log = logging.getLogger(__name__)
@@ -94,7 +97,8 @@ def _forget_books() -> None:
     _books, _stale = None, False
 
 
-def _before_batch() -> None:
+def before_batch() -> None:
+    """At the start of a commands batch (never mid-batch): forget the books after a rebalance."""
     if _stale:
         _forget_books()
 
@@ -156,22 +160,22 @@ class _Term:
 def _batch_term(batch: Batch, term_id: str, channel_id: str) -> _Term:
     """The term's book for the rest of the batch: its header is read from the table once per
     batch, not once per bet (a RocksDB read and a TermBook decode for every BetPlaced)."""
-    terms: dict[str, _Term] = batch.work.setdefault("terms", {})
+    terms: dict[str, _Term] = batch.work.setdefault("books", {})
     term = terms.get(term_id)
     if term is None:
         term = terms[term_id] = _Term(batch, term_id, channel_id)
     return term
 
 
-async def handle_book_event(record: Message, event, batch: Batch) -> None:
-    if not isinstance(record, BOOK_EVENTS):
-        return
+def apply(batch: Batch, record: Message) -> TermSettled | None:
+    """Apply one input of a book (a BOOK_EVENTS record just written on game.bet); the
+    TermSettled when `record` was the term's BetsSealed."""
     term = _batch_term(batch, record.term_id, record.channel_id)
     if term.sealed or term.book is None:
-        # A re-delivered event of a settled term: its outcome is final.
+        # The term is settled: its outcome is final.
         if isinstance(record, CashoutRequested):
             _refuse(batch, record, "term_over")
-        return
+        return None
     b = term.book
     if isinstance(record, BetPlaced):
         bet = bet_from_placed(record)
@@ -197,10 +201,11 @@ async def handle_book_event(record: Message, event, batch: Batch) -> None:
         else:
             _refuse(batch, record, decision.reason, decision.bet)
     elif isinstance(record, BetsSealed):
-        _settle(term, record)
+        return _settle(term, record)
+    return None
 
 
-def _settle(term: _Term, sealed: BetsSealed) -> None:
+def _settle(term: _Term, sealed: BetsSealed) -> TermSettled:
     b = term.book
     assert b is not None
     b.set_header(sealed.flying_at, sealed.growth_per_ms, sealed.caps)
@@ -221,13 +226,13 @@ def _settle(term: _Term, sealed: BetsSealed) -> None:
                           ts=max(sealed.ts, sealed.end_at), trace_id=term.term_id, totals=totals, bets=bets,
                           aborted=sealed.aborted, podium=podium)
     emit.send(bet_topic, term.channel_id, settled)
-    emit.send(command_topic, term.channel_id, settled)
     for bet_id in b.bets:
         term.batch.staged.delete(book, bet_id)
     term.save_header(sealed=True, totals=totals, bets=bets)
     assert _books is not None
     _books.pop(term.term_id, None)
     metrics.TERMS_SETTLED.labels(outcome="aborted" if sealed.aborted else "crashed").inc()
+    return settled
 
 
 def _accept(batch: Batch, request: CashoutRequested, bet: BookBet) -> None:
@@ -255,11 +260,3 @@ def _refuse(batch: Batch, request: CashoutRequested, reason: str, bet: BookBet |
             event_id=f"{request.command_id}.reply", channel_id=request.channel_id, term_id=request.term_id,
             ts=batch.now, trace_id=request.trace_id, gateway_id=request.gateway_id, command_id=request.command_id,
             status="refused", reason=reason, api_order_no=request.api_order_no, bet_id=request.bet_id, **details))
-
-
-@app.agent(bet_topic)
-async def cashout_processor(stream):
-    # Batches of at most 200 events: the book shares the worker's event loop with the clock and
-    # the commands agent, and a batch that pays thousands of autos holds both up (tick jitter).
-    await run_batches(stream, "cashout", handle_book_event, expected=BET_TOPIC_EVENTS, max_batch=200,
-                      before_batch=_before_batch, reads=BOOK_EVENTS)

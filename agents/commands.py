@@ -12,7 +12,7 @@ import logging
 import os
 import time
 
-from agents import bet_service, flight_clock, term_jackpot, term_orchestrator
+from agents import bet_service, cashout_service, flight_clock, term_jackpot, term_orchestrator
 from agents.context import CommandContext
 from streams import metrics
 from streams.app import app, settings
@@ -30,7 +30,6 @@ from streams.events import (
     StartTerm,
     TermJackpotHit,
     TermRecorded,
-    TermSettled,
     Tick,
 )
 from streams.processing import Batch, dead_letter, run_batches
@@ -50,7 +49,6 @@ HANDLERS = {
     AbortTerm: (term_orchestrator.abort_term,),
     PublishChain: (term_orchestrator.publish_chain,),
     FeedJackpot: (term_orchestrator.feed_jackpot,),
-    TermSettled: (term_orchestrator.close_term, term_jackpot.on_settled),
     TermJackpotHit: (term_jackpot.on_hit,),
     TermRecorded: (bet_service.forget_recorded,),
     Tick: (bet_service.prune_due,),
@@ -88,6 +86,11 @@ async def handle_command(record: Message, event, batch: Batch) -> None:
     ctx.save_channel()
 
 
+def _before_batch() -> None:
+    bet_service.before_batch()
+    cashout_service.before_batch()
+
+
 def _advance_clock(ctx: CommandContext, record: Message) -> None:
     # The channel's time is the newest command time seen, but never ahead of this worker's
     # clock: a command stamped slightly in the future must not end a term early.
@@ -97,7 +100,7 @@ def _advance_clock(ctx: CommandContext, record: Message) -> None:
 @app.agent(command_topic)
 async def command_processor(stream):
     await run_batches(stream, "commands", handle_command, expected=COMMAND_TOPIC_RECORDS, max_batch=500,
-                      before_batch=bet_service.before_batch, after_batch=term_jackpot.emit_contributions,
+                      before_batch=_before_batch, after_batch=term_jackpot.emit_contributions,
                       after_commit=flight_clock.after_commit)
 
 

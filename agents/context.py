@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from streams.events import CommandReply, Message
+from agents import cashout_service
+from streams.events import CommandReply, Message, TermSettled
 from streams.processing import Batch
 from streams.topics import bet_topic, reply_topic, term_topic
 from tables import ChannelState, TermState, channels, terms
@@ -48,6 +49,13 @@ class CommandContext:
 
     def emit_bet(self, event: Message) -> None:
         self.batch.emit.send(bet_topic, self.channel_id, event)
+
+    def emit_book(self, event: Message) -> TermSettled | None:
+        """Write a cashout book's input (cashout_service.BOOK_EVENTS) on game.bet and apply it to
+        the book at once: the book's inputs are exactly that stream, in its order, which is what
+        crash-replay rebuilds a term from. The TermSettled when `event` sealed the term."""
+        self.emit_bet(event)
+        return cashout_service.apply(self.batch, event)
 
     def reply(self, reply: CommandReply) -> None:
         if reply.gateway_id:

@@ -72,7 +72,7 @@ def _refunded(record: PayoutSucceeded, batch: Batch) -> None:
 
 @app.agent(refund_inputs)
 async def refund_processor(stream):
-    # Undecodable game.bet messages are dead-lettered by the Cashout Service and game.payout ones
-    # by the sink; here they are skipped.
+    # Undecodable game.bet and game.payout messages are dead-lettered by the sink (it reads every
+    # type of both); here they are skipped.
     await run_batches(stream, "refund", handle, expected=BET_TOPIC_EVENTS + PAYOUT_TOPIC_EVENTS,
                       dead_letters=False, reads=(BetCancelled, BetVoided, BetRejected, PayoutSucceeded))

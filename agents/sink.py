@@ -215,9 +215,7 @@ class Sink:
             try:
                 record = decode(message.value, SINK_EVENTS)
             except DecodeError as error:
-                # game.bet is dead-lettered by its other consumer (the Cashout Service).
-                if name != BET:
-                    sends.append(await self._dead_letter(message, str(error)))
+                sends.append(await self._dead_letter(message, str(error)))
                 continue
             if isinstance(record, NOT_LOGGED) and not isinstance(record, JackpotReconciled):
                 continue

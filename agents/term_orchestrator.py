@@ -10,15 +10,16 @@ The crash point of a running term is derived from the secret chain (tables.chain
 this process's memory only; it reaches a topic or a table only in TermCrashed/TermAborted.
 
 The ticks of a flying term are sent by agents/flight_clock.py, on their slots. Besides game.term,
-the orchestrator writes two markers on game.bet, ordered with the bets:
-BookMark (the bet stream's watermark while flying: autos are paid up to it) and BetsSealed
-(the term's end, after the grace time: the Cashout Service settles it).
+the orchestrator writes two markers on game.bet, ordered with the bets, as the cashout book's
+input: BookMark (the bet stream's watermark while flying: autos are paid up to it) and
+BetsSealed (the term's end, after the grace time: the book settles it, and the term is closed
+with the settlement's totals in the same step).
 """
 from __future__ import annotations
 
 import logging
 
-from agents import flight_clock
+from agents import flight_clock, term_jackpot
 from agents.context import CommandContext
 from streams import fairness, metrics, money
 from streams.channels import ConfigError, growth, validate
@@ -110,7 +111,7 @@ async def advance(ctx: CommandContext) -> None:
             return
         if term.state in ("crashed", "aborted") and not term.book_sealed:
             if clock >= term.ended_at + term.config["grace_ms"]:
-                _seal(ctx, term)
+                await _seal(ctx, term)
                 continue
         return
 
@@ -169,7 +170,7 @@ def _change_state(ctx: CommandContext, term: TermState, state: str, at: int) -> 
 def _mark(ctx: CommandContext, term: TermState, mark_at: int) -> None:
     term.last_mark = mark_at
     ctx.save_term(term)
-    ctx.emit_bet(BookMark(
+    ctx.emit_book(BookMark(
         event_id=f"{term.term_id}.mark.{mark_at}", channel_id=term.channel_id, term_id=term.term_id,
         ts=mark_at, trace_id=term.term_id, mark_at=mark_at, flying_at=term.flying_at,
         growth_per_ms=term.config["growth_per_ms"], caps=_caps(term.config)))
@@ -213,13 +214,16 @@ def _crash(ctx: CommandContext, term: TermState, proof: fairness.TermProof, cras
                     term.term_id, crash_at, ctx.batch.now - crash_at)
 
 
-def _seal(ctx: CommandContext, term: TermState) -> None:
+async def _seal(ctx: CommandContext, term: TermState) -> None:
     term.book_sealed = True
     ctx.save_term(term)
-    ctx.emit_bet(BetsSealed(
+    settled = ctx.emit_book(BetsSealed(
         event_id=f"{term.term_id}.sealed", channel_id=term.channel_id, term_id=term.term_id, ts=ctx.channel.clock,
         trace_id=term.term_id, end_at=term.ended_at, end_x100=term.end_x100, flying_at=term.flying_at,
         growth_per_ms=term.config["growth_per_ms"], caps=_caps(term.config), aborted=term.aborted))
+    if settled is not None:
+        close_term(ctx, settled)
+        await term_jackpot.on_settled(ctx, settled)
 
 
 # ---------------------------------------------------------------- commands
@@ -242,7 +246,7 @@ async def start_term(ctx: CommandContext, cmd: StartTerm) -> None:
 
 async def abort_term(ctx: CommandContext, cmd: AbortTerm) -> None:
     """Operator abort: the term is void from the abort time on; its hash is revealed; the
-    Cashout Service voids its open bets at the seal and the Refund Service refunds them."""
+    cashout book voids its open bets at the seal and the Refund Service refunds them."""
     term = ctx.term()
     if term is None or term.state not in ("pre_start", "starting", "flying"):
         log.info("abort of %s ignored: no running term", ctx.channel.channel_id)
@@ -333,8 +337,8 @@ async def publish_chain(ctx: CommandContext, cmd: PublishChain) -> None:
     await advance(ctx)
 
 
-async def close_term(ctx: CommandContext, settled: TermSettled) -> None:
-    """The Cashout Service settled the term: close it with its totals."""
+def close_term(ctx: CommandContext, settled: TermSettled) -> None:
+    """The cashout book settled the term: close it with its totals."""
     term = ctx.staged_term(settled.term_id)
     if term is None or term.state == "closed":
         return
@@ -359,5 +363,5 @@ def chain_needs_renewal(channel: ChannelState) -> bool:
     return channel.next_chain is None and left <= max(1, channel.chain_length // 10)
 
 
-__all__ = ["advance", "start_term", "abort_term", "configure_channel", "feed_jackpot", "publish_chain", "close_term",
+__all__ = ["advance", "start_term", "abort_term", "configure_channel", "feed_jackpot", "publish_chain",
            "chain_needs_renewal", "channels", "terms"]

@@ -386,7 +386,7 @@ class DeadLetter(Message):
 
 
 # What each topic may carry (anything else on it is a dead letter).
-COMMAND_TOPIC_RECORDS = (Command, TermSettled)
+COMMAND_TOPIC_RECORDS = (Command,)
 TERM_TOPIC_EVENTS = (ChannelConfigured, ChainPublished, TermCreated, TermStateChanged, TermTick, TermCrashed,
                      TermAborted, TermClosed)
 BET_TOPIC_EVENTS = (BetPlaced, BetRejected, BetCancelled, CashoutRequested, BookMark, BetsSealed, BetCashedOut,

@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gateways", type=int, default=2, help="gateway processes (CRASH_GATEWAY_PROCESSES)")
     parser.add_argument("--rates", default="", help="the gateway phase's offered bets/s, comma-separated "
                         "(default 500,1000,2000; full run 500,1000,2000,5000)")
+    parser.add_argument("--cashout-background", type=int, default=None,
+                        help="the cashout phase's background bets/s through the gateway (default 500; full run "
+                        "1000); a low figure isolates the cashout path from the box's load")
     parser.add_argument("--profile", action="store_true",
                         help="sample the workers with py-spy during the sustained phase (var/bench/profiles/)")
     args = parser.parse_args(argv)
@@ -112,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                   else [500, 1000, 2000] if quick else [500, 1000, 2000, 5000])
     args.step_seconds = 10 if quick else 30
     args.cashout_rate = 100 if quick else 200
-    args.cashout_background = 500 if quick else 1000
+    if args.cashout_background is None:
+        args.cashout_background = 500 if quick else 1000
     args.autos = 10_000
     args.tick_seconds = 15 if quick else 40
     args.scale_seconds = 15 if quick else 60
