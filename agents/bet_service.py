@@ -29,7 +29,7 @@ import logging
 from agents import term_jackpot
 from agents.context import CommandContext
 from streams import ids, metrics, money
-from streams.app import app, settings
+from streams.app import settings
 from streams.events import (
     BetCancelled,
     BetPlaced,
@@ -43,6 +43,7 @@ from streams.events import (
     TermRecorded,
 )
 from tables import Order, orders
+from tables.memory import TableMemory
 
 log = logging.getLogger(__name__)
 
@@ -85,36 +86,12 @@ class OrderIndex:
         self.live.pop((order.channel_id, order.term_id), None)
 
 
-_index: OrderIndex | None = None        # None: rebuild from the table first
-_stale = False
-
-
-def _mark_stale(*args, **kwargs) -> None:
-    global _stale
-    _stale = True
-
-
-app.on_partitions_revoked.connect(_mark_stale)
-app.on_partitions_assigned.connect(_mark_stale)
-
-
-def before_batch() -> None:
-    """At the start of a batch (never mid-batch): forget the index after a rebalance."""
-    global _index, _stale
-    if _stale:
-        _index, _stale = None, False
-
-
-def order_index() -> OrderIndex:
-    global _index
-    if _index is None:
-        _index = OrderIndex.of_table()
-    return _index
+order_index = TableMemory(OrderIndex.of_table)
 
 
 def _remember(ctx: CommandContext, key: str, order: Order) -> None:
     ctx.batch.staged.set(orders, key, order)
-    order_index().add(key, order)
+    order_index.get().add(key, order)
 
 
 def _prune_group(ctx: CommandContext) -> int:
@@ -143,7 +120,7 @@ async def prune_due(ctx: CommandContext, cmd: object = None) -> None:
 
 
 def _prune(ctx: CommandContext, seq: int) -> None:
-    index = order_index()
+    index = order_index.get()
     groups = index.groups.get(ctx.channel_id, {})
     channel = ctx.channel
     pruned = 0
@@ -204,7 +181,7 @@ def _placement_refusal(ctx: CommandContext, cmd: PlaceBet) -> str:
         return "term_aborted"
     if ctx.channel.clock >= term.bets_close_at + term.config["grace_ms"]:
         return "late"
-    if len(order_index().user_orders(cmd.channel_id, term.term_id, cmd.user_id)) >= limits["max_bets_per_user"]:
+    if len(order_index.get().user_orders(cmd.channel_id, term.term_id, cmd.user_id)) >= limits["max_bets_per_user"]:
         return "max_bets_per_user"
     return ""
 
@@ -278,7 +255,7 @@ async def cancel_bet(ctx: CommandContext, cmd: CancelBet) -> None:
         return refuse(ctx, cmd, "late", api_order_no=cmd.api_order_no, bet_id=order.bet_id)
     order.status = "cancelled"
     staged.set(orders, key, order)
-    order_index().cancelled(order)
+    order_index.get().cancelled(order)
     ctx.emit_book(BetCancelled(
         event_id=f"{order.bet_id}.cancelled", channel_id=cmd.channel_id, term_id=order.term_id, ts=cmd.ts,
         trace_id=cmd.trace_id, bet_id=order.bet_id, api_order_no=order.api_order_no, user_id=order.user_id,

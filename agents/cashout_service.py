@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 
 from streams import metrics
-from streams.app import app
 from streams.events import (
     BetCancelled,
     BetCashedOut,
@@ -42,16 +41,11 @@ from streams.processing import Batch
 from streams.settlement import Book, BookBet, bet_from_placed
 from streams.topics import bet_topic, payout_topic, reply_topic
 from tables import BookEntry, TermBook, book, term_books
+from tables.memory import TableMemory
 
 log = logging.getLogger(__name__)
 
 BOOK_EVENTS = (BetPlaced, BetCancelled, CashoutRequested, BookMark, BetsSealed)
-
-# term_id -> Book, for the terms of the partitions this worker owns; None = rebuild first.
-_books: dict[str, Book] | None = None
-# Set by a rebalance; the books are rebuilt at the start of the next batch (never mid-batch,
-# where staged writes of the batch's earlier events are not in the tables yet).
-_stale = False
 
 
 def cashout_order_no(bet_id: str) -> str:
@@ -72,55 +66,38 @@ def _bet(entry: BookEntry) -> BookBet:
 
 
 def _rebuild() -> dict[str, Book]:
-    books: dict[str, Book] = {}
+    """The books of the unsettled terms of the partitions this worker owns, from the tables."""
+    rebuilt: dict[str, Book] = {}
     for term_id, header in term_books.items():
         if header.sealed:
             continue
-        b = books[term_id] = Book(term_id)
+        b = rebuilt[term_id] = Book(term_id)
         if header.flying_at:
             b.set_header(header.flying_at, header.growth_per_ms, header.caps or {})
     for _, entry in book.items():
-        b = books.get(entry.term_id)
+        b = rebuilt.get(entry.term_id)
         if b is not None:
             b.load(_bet(entry))
-    log.info("cashout books rebuilt: %d terms, %d bets", len(books), sum(len(b.bets) for b in books.values()))
-    return books
+    log.info("cashout books rebuilt: %d terms, %d bets", len(rebuilt), sum(len(b.bets) for b in rebuilt.values()))
+    return rebuilt
 
 
-def _mark_stale(*args, **kwargs) -> None:
-    global _stale
-    _stale = True
-
-
-def _forget_books() -> None:
-    global _books, _stale
-    _books, _stale = None, False
-
-
-def before_batch() -> None:
-    """At the start of a commands batch (never mid-batch): forget the books after a rebalance."""
-    if _stale:
-        _forget_books()
-
-
-app.on_partitions_revoked.connect(_mark_stale)
-app.on_partitions_assigned.connect(_mark_stale)
+# term_id -> Book, for the unsettled terms of the partitions this worker owns.
+books = TableMemory(_rebuild)
 
 
 class _Term:
     """One term's book during a batch: the in-memory Book plus its staged table rows."""
 
     def __init__(self, batch: Batch, term_id: str, channel_id: str) -> None:
-        global _books
-        if _books is None:
-            _books = _rebuild()
+        live = books.get()
         self.batch = batch
         self.term_id = term_id
         self.channel_id = channel_id
         self.header: TermBook | None = batch.staged.get(term_books, term_id)
-        self.book = _books.get(term_id)
+        self.book = live.get(term_id)
         if self.book is None and (self.header is None or not self.header.sealed):
-            self.book = _books[term_id] = Book(term_id)
+            self.book = live[term_id] = Book(term_id)
 
     @property
     def sealed(self) -> bool:
@@ -229,8 +206,7 @@ def _settle(term: _Term, sealed: BetsSealed) -> TermSettled:
     for bet_id in b.bets:
         term.batch.staged.delete(book, bet_id)
     term.save_header(sealed=True, totals=totals, bets=bets)
-    assert _books is not None
-    _books.pop(term.term_id, None)
+    books.get().pop(term.term_id, None)
     metrics.TERMS_SETTLED.labels(outcome="aborted" if sealed.aborted else "crashed").inc()
     return settled
 

@@ -87,8 +87,8 @@ async def handle_command(record: Message, event, batch: Batch) -> None:
 
 
 def _before_batch() -> None:
-    bet_service.before_batch()
-    cashout_service.before_batch()
+    bet_service.order_index.before_batch()
+    cashout_service.books.before_batch()
 
 
 def _advance_clock(ctx: CommandContext, record: Message) -> None:
