@@ -1,4 +1,4 @@
-"""Three fixes to Faust's consumer. The one money depends on: a partition without a committed offset is
+"""Four fixes to Faust's consumer. The one money depends on: a partition without a committed offset is
 rewound to its beginning when Faust seeks its stream partitions "to their committed offsets".
 
 Faust (faust-streaming 0.11-0.15) fetches ahead: while a rebalance's table recovery runs, a
@@ -19,10 +19,12 @@ Table changelogs are left alone: Faust positions those itself (recovery, standby
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.consumer.fetcher import FetchResult
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
@@ -99,6 +101,8 @@ def _blocked(consumer, tp) -> bool:
 
 
 async def _drain_messages(self, fetcher) -> None:  # the same as Faust's, but for the delivery
+    global _consumer
+    _consumer = self
     callback = self.callback
     getmany = self.getmany
     consumer_should_stop = self._stopped.is_set
@@ -154,8 +158,34 @@ async def _drain_messages(self, fetcher) -> None:  # the same as Faust's, but fo
         unset_flag(faust_consumer.CONSUMER_FETCHING)
 
 
+# aiokafka's fetcher sends nothing to a broker while any partition's fetched records are younger
+# than its prefetch backoff (100 ms) and not consumed yet: it lets the consumer catch up first.
+# Faust keeps partitions assigned that it does not consume (an active table's changelog, once it
+# is recovered: Faust's pause_partitions only takes a partition out of its own getmany), so the
+# worker's own changelog writes were fetched, never taken, and stopped every fetch of the worker
+# for 100 ms: each table's first write into a partition after a start or rebalance (a fresh
+# channel's first commands reached the agent in 100 ms chunks; the partitions holding the fetches
+# back, logged, were the orders, term_books and cashout_book changelogs). Here the backoff counts
+# only for the partitions Faust consumes now. What is fetched and what is consumed do not change
+# (pausing those partitions in aiokafka too was tried, and taken out: docs/ARCHITECTURE.md).
+_consumer: faust_consumer.Consumer | None = None     # the worker's Faust consumer, once it drains
+
+
+def _backoff_if_consumed(calculate):
+    @functools.wraps(calculate)
+    def calculate_backoff(self: FetchResult) -> float:
+        consumer = _consumer
+        active = consumer._active_partitions if consumer is not None else None
+        if active is not None and self._topic_partition not in active:
+            return 0
+        return calculate(self)
+    return calculate_backoff
+
+
 def install(fetch_wait_ms: int) -> None:
     faust_aiokafka.AIOKafkaConsumerThread.seek_to_committed = _seek_to_committed
     faust_consumer.Consumer._drain_messages = _drain_messages
     thread = faust_aiokafka.AIOKafkaConsumerThread
     thread._create_worker_consumer = _bounded_fetch_wait(thread._create_worker_consumer, fetch_wait_ms)
+    if not hasattr(FetchResult.calculate_backoff, "__wrapped__"):
+        FetchResult.calculate_backoff = _backoff_if_consumed(FetchResult.calculate_backoff)

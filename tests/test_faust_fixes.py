@@ -78,3 +78,23 @@ async def test_the_fix_rewinds_it_to_the_beginning_and_a_committed_one_to_its_of
 def test_every_worker_runs_with_the_fix():
     import streams.app  # noqa: F401  (installs it)
     assert faust_aiokafka.AIOKafkaConsumerThread.seek_to_committed is faust_fixes._seek_to_committed
+
+
+def test_the_prefetch_backoff_holds_fetches_back_only_for_partitions_faust_consumes(monkeypatch):
+    """Records fetched for a partition Faust does not consume (a recovered table's changelog) are
+    never taken; their prefetch backoff must not hold back the fetches of every other partition."""
+    from types import SimpleNamespace
+
+    from aiokafka.consumer.fetcher import FetchResult
+    from faust.types import TP
+
+    import streams.app  # noqa: F401  (installs the fixes)
+    consumed, idle = TopicPartition("game.command", 0), TopicPartition("w-orders-changelog", 0)
+    waiting = FetchResult(consumed, assignment=None, partition_records=None, backoff=30.0)
+    held = FetchResult(idle, assignment=None, partition_records=None, backoff=30.0)
+
+    monkeypatch.setattr(faust_fixes, "_consumer", None)          # not a worker: aiokafka's rule
+    assert held.calculate_backoff() > 29 and waiting.calculate_backoff() > 29
+    monkeypatch.setattr(faust_fixes, "_consumer", SimpleNamespace(_active_partitions={TP("game.command", 0)}))
+    assert held.calculate_backoff() == 0
+    assert waiting.calculate_backoff() > 29                     # a consumed partition still backs off
