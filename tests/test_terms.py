@@ -251,6 +251,24 @@ async def test_a_row_the_database_refuses_is_a_dead_letter_not_a_mangled_row(pip
     assert [(r["chain_no"], r["terminator"]) for r in rows] == [(2, "c" * 64)]
 
 
+async def test_text_with_quotes_and_backslashes_is_stored_exactly(pipe):
+    """The sink's connections escape strings by the quote alone (NO_BACKSLASH_ESCAPES, sql/db.py):
+    a value with quotes, backslashes, percent signs and a newline is stored as it was sent."""
+    tag = uuid.uuid4().hex[:8]
+    channel_id = f"{pipe.name}-text-{tag}"
+    trace = "it's \\ a \\' \"q\" 100% %s\n\\0 ok"
+    record = ChainPublished(event_id=f"chain.{channel_id}.1", channel_id=channel_id, ts=1, chain_no=1, length=10,
+                            terminator="c" * 64, salt="d" * 64, trace_id=trace)
+    await pipe.publish("game.term", channel_id, encode(record))
+
+    async def stored():
+        return await pipe.rows("SELECT trace_id, payload FROM event_log WHERE event_id = :e", e=record.event_id)
+
+    rows = await wait_for(stored, 60, "the event's row")
+    assert rows[0]["trace_id"] == trace
+    assert json.loads(rows[0]["payload"])["trace_id"] == trace
+
+
 def _value(letter) -> bytes:
     import base64
     return base64.b64decode(letter.value_b64)
