@@ -27,6 +27,7 @@ pool had at that point: seeds + contributions - awards + compensations = pool, e
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import operator
 import signal
@@ -38,6 +39,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaConnectionError, KafkaTimeoutError
 from prometheus_client import start_http_server
 from sqlalchemy import text
+from sqlalchemy.dialects.mysql.aiomysql import dialect as aiomysql_dialect
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from agents.sink_sql import NOT_LOGGED, plan
@@ -66,6 +68,7 @@ SKIPPED_TYPES = frozenset(cls.__name__.encode() for cls in NOT_LOGGED if cls is 
 BATCH_MAX = 2000
 BATCH_WAIT_MS = 50
 TRANSIENT = (OperationalError, InterfaceError)
+_DIALECT = aiomysql_dialect()
 
 Item = tuple[Message, str, bytes]
 
@@ -75,22 +78,25 @@ def _now_ms() -> int:
 
 
 async def _run(conn, statements) -> None:
-    # Compiled once per statement and handed to the driver as they are: SQLAlchemy's own
-    # execution processes every row's parameters in Python (construct_params, _init_compiled),
-    # about a tenth of the sink's samples for batches of thousands of rows (crash-bench --profile).
-    # The statements are plain text with untyped binds, so there is nothing for it to process.
+    # Straight to the driver, compiled once per distinct statement, each row's values as a
+    # tuple: SQLAlchemy's own execution processes every row's parameters in Python
+    # (construct_params, _init_compiled), about a tenth of the sink's samples for batches of
+    # thousands of rows (crash-bench --profile). The statements are plain text with untyped
+    # binds, so there is nothing for it to process.
     for sql, params in statements:
-        compiled = text(sql).compile(dialect=conn.dialect)
-        values = _positional(compiled.positiontup or [])
+        driver_sql, values = _for_driver(sql)
         rows = [values(row) for row in params] if isinstance(params, list) else values(params)
-        await conn.exec_driver_sql(compiled.string, rows)
+        await conn.exec_driver_sql(driver_sql, rows)
 
 
-def _positional(names: list[str]) -> Callable[[dict[str, Any]], tuple]:
-    """A row's values in the order of the compiled statement's positional binds."""
+@functools.lru_cache(maxsize=256)
+def _for_driver(sql: str) -> tuple[str, Callable[[dict[str, Any]], tuple]]:
+    """The statement in the driver's positional style, and what picks a row's values for it."""
+    compiled = text(sql).compile(dialect=_DIALECT)
+    names = list(compiled.positiontup or [])
     if len(names) > 1:
-        return operator.itemgetter(*names)
-    return lambda row: tuple(row[name] for name in names)
+        return compiled.string, operator.itemgetter(*names)
+    return compiled.string, lambda row: tuple(row[name] for name in names)
 
 
 async def write(engine, items: list[Item]) -> list[tuple[int, str]]:
