@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,31 @@ def next_rate(outcomes: dict[int, bool], smallest: int = 25) -> int | None:
         return None
     rate = (low + high) // 2 // smallest * smallest
     return rate if low < rate < high and rate >= smallest else None
+
+
+async def search_rates(rates: list[int], run_step: Callable[[int], Awaitable[dict[str, Any]]],
+                       meets: Callable[[dict[str, Any]], bool], far_over: Callable[[dict[str, Any]], bool]
+                       ) -> tuple[list[dict[str, Any]], int | None]:
+    """Steps at the offered `rates` (stopping once one is `far_over` capacity: higher rates would
+    only measure the backlog), then up to REFINE_STEPS more between the highest rate that `meets`
+    the bound and the lowest that did not. The steps by offered rate, and that highest rate."""
+    steps: list[dict[str, Any]] = []
+    met: dict[int, bool] = {}
+    for rate in rates:
+        step = await run_step(rate)
+        steps.append(step)
+        met[rate] = meets(step)
+        if far_over(step):
+            break
+    for _ in range(REFINE_STEPS):
+        rate = next_rate(met)
+        if rate is None:
+            break
+        step = await run_step(rate)
+        steps.append(step)
+        met[rate] = meets(step)
+    steps.sort(key=lambda step: step["offered_per_s"])
+    return steps, max((rate for rate, ok in met.items() if ok), default=None)
 
 
 @dataclass
@@ -253,23 +279,11 @@ class Run:
     async def gateway_steps(self, dep: Deployment, rates: list[int], seconds: float) -> dict[str, Any]:
         """Open-loop steps at the offered `rates`, then up to REFINE_STEPS more between the
         highest rate whose p99 was within 150 ms and the lowest that was not."""
-        steps: list[dict[str, Any]] = []
-        met: dict[int, bool] = {}
-        for rate in rates:
-            step = await self.gateway_step(dep, rate, seconds)
-            steps.append(step)
-            met[rate] = step["errors"] == 0 and step["p99_ms"] is not None and step["p99_ms"] <= 150
-            if step["errors"] > 0.2 * step["sent"] or (step["p99_ms"] or 0) > 5000:
-                break                   # far over capacity: higher rates only measure the backlog
-        for _ in range(REFINE_STEPS):
-            rate = next_rate(met)
-            if rate is None:
-                break
-            step = await self.gateway_step(dep, rate, seconds)
-            steps.append(step)
-            met[rate] = step["errors"] == 0 and step["p99_ms"] is not None and step["p99_ms"] <= 150
-        steps.sort(key=lambda step: step["offered_per_s"])
-        return {"steps": steps, "highest_rate_p99_le_150ms": max((r for r, ok in met.items() if ok), default=None)}
+        steps, highest = await search_rates(
+            rates, lambda rate: self.gateway_step(dep, rate, seconds),
+            meets=lambda step: step["errors"] == 0 and step["p99_ms"] is not None and step["p99_ms"] <= 150,
+            far_over=lambda step: step["errors"] > 0.2 * step["sent"] or (step["p99_ms"] or 0) > 5000)
+        return {"steps": steps, "highest_rate_p99_le_150ms": highest}
 
     async def gateway_step(self, dep: Deployment, rate: int, seconds: float) -> dict[str, Any]:
         channel = await self.new_channel(dep, f"g{rate}")
@@ -442,27 +456,15 @@ class Run:
         port = free_port()
         bare = dep.start("bare-http", [sys.executable, "-m", "streams.bench.bare", "http", "--port", str(port)])
         await dep.wait_http(f"http://127.0.0.1:{port}/v1/health", bare)
-        steps: list[dict[str, Any]] = []
-        met: dict[int, bool] = {}
         try:
-            for rate in rates:
-                step = await self.contribute_step(dep, jackpot_id, port, rate, seconds)
-                steps.append(step)
-                met[rate] = step["api"]["errors"] == 0 and (step["api"]["p99_ms"] or 1e9) <= 50
-                if step["api"]["errors"] > 0.2 * rate * seconds:
-                    break
-            for _ in range(REFINE_STEPS):
-                rate = next_rate(met)
-                if rate is None:
-                    break
-                step = await self.contribute_step(dep, jackpot_id, port, rate, seconds)
-                steps.append(step)
-                met[rate] = step["api"]["errors"] == 0 and (step["api"]["p99_ms"] or 1e9) <= 50
+            steps, highest = await search_rates(
+                rates, lambda rate: self.contribute_step(dep, jackpot_id, port, rate, seconds),
+                meets=lambda step: step["api"]["errors"] == 0 and (step["api"]["p99_ms"] or 1e9) <= 50,
+                far_over=lambda step: step["api"]["errors"] > 0.2 * step["offered_per_s"] * seconds)
         finally:
             bare.stop()
             dep.procs.pop("bare-http", None)
-        steps.sort(key=lambda step: step["offered_per_s"])
-        return {"steps": steps, "highest_rate_p99_le_50ms": max((r for r, ok in met.items() if ok), default=None)}
+        return {"steps": steps, "highest_rate_p99_le_50ms": highest}
 
     async def contribute_step(self, dep: Deployment, jackpot_id: str, bare_port: int, rate: int,
                               seconds: float) -> dict[str, Any]:
