@@ -28,7 +28,7 @@ from sqlalchemy import text
 from ulid import ULID
 
 from sql.db import make_engine
-from streams import ids, money
+from streams import full_gc, ids, money
 from streams.cache import redis_client
 from streams.events import CancelBet, CashoutBet, Command, CommandReply, PlaceBet
 from streams.settings import Settings, get_settings
@@ -361,16 +361,20 @@ def main() -> None:
         # the connections); each has a gateway id of its own, so its answers come back to it.
         children = [_start_child(settings, n) for n in range(1, processes)]
         settings = dataclasses.replace(settings, gateway_id=f"{settings.gateway_id}-0")
+        app = make_app(settings)
+        full_gc.freeze_startup()
         try:
-            web.run_app(make_app(settings), host=settings.gateway_host, port=settings.gateway_port,
-                        access_log=None, reuse_port=True)
+            web.run_app(app, host=settings.gateway_host, port=settings.gateway_port, access_log=None,
+                        reuse_port=True)
         finally:
             for child in children:
                 child.terminate()
             for child in children:
                 child.wait(30)
         return
-    web.run_app(make_app(settings), host=settings.gateway_host, port=settings.gateway_port, access_log=None,
+    app = make_app(settings)
+    full_gc.freeze_startup()
+    web.run_app(app, host=settings.gateway_host, port=settings.gateway_port, access_log=None,
                 reuse_port=processes > 1)
 
 
