@@ -11,7 +11,7 @@ import logging
 
 import faust
 
-from streams import faust_fixes, full_gc
+from streams import faust_fixes
 from streams.settings import get_settings
 from web.http import stamp_and_guard
 
@@ -62,5 +62,4 @@ def main() -> None:
     # share of a worker's time; uvloop's transports cost less per write. Set before any loop exists.
     import mode.loop
     mode.loop.use("uvloop")
-    full_gc.freeze_startup()
     app.main()
