@@ -73,7 +73,12 @@ async def test_a_spectator_sees_terms_live_and_no_crash_point_before_the_crash(p
         await client.close()
 
     crashed = {op["item"]["term_id"]: op["item"]["crash_x100"] for op in client.ops("hist")}
-    rows = {t["term_id"]: t for t in await pipe.terms(channel)}
+
+    async def sunk() -> dict[str, dict]:
+        # The sink writes MariaDB from the same events the push gateway reads, on its own consumer.
+        rows = {t["term_id"]: t for t in await pipe.terms(channel)}
+        return rows if all(rows.get(t, {}).get("crash_x100") is not None for t in crashed) else {}
+    rows = await wait_for(sunk, 30, "the crashed terms' rows in MariaDB")
     for term_id, crash in crashed.items():
         assert rows[term_id]["crash_x100"] == crash, term_id
     # Never a crash point before the crash: not in any frame about a term still running, and

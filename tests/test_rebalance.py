@@ -19,6 +19,7 @@ import uuid
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import CommitFailedError
 from aiokafka.partitioner import DefaultPartitioner
 
 from harness import DirectCommands, committed_offsets, now_ms, wait_for
@@ -112,15 +113,24 @@ async def test_commands_the_committed_offset_passed_are_still_handled(pipeline_f
         partition = DefaultPartitioner()(channel.encode(), list(range(pipe.base.partitions)),
                                          list(range(pipe.base.partitions)))
         tp = TopicPartition(topic, partition)
-        group = AIOKafkaConsumer(bootstrap_servers=pipe.base.kafka_bootstrap, group_id=pipe.settings.app_id,
-                                 enable_auto_commit=False)
-        await group.start()
-        try:
-            group.assign([tp])
-            end = (await group.end_offsets([tp]))[tp]
-            await group.commit({tp: end})
-        finally:
-            await group.stop()
+
+        async def commit_past_the_commands() -> int | None:
+            # The broker takes a commit from outside the group only once the group is empty: the
+            # stopped worker may still be a member (it can re-join while it shuts down) until its
+            # session times out.
+            group = AIOKafkaConsumer(bootstrap_servers=pipe.base.kafka_bootstrap, group_id=pipe.settings.app_id,
+                                     enable_auto_commit=False)
+            await group.start()
+            try:
+                group.assign([tp])
+                end = (await group.end_offsets([tp]))[tp]
+                await group.commit({tp: end})
+                return end
+            except CommitFailedError:
+                return None
+            finally:
+                await group.stop()
+        end = await wait_for(commit_past_the_commands, 60, "a commit from outside the group", every=1.0)
         assert (await committed_offsets(pipe.base.kafka_bootstrap, pipe.settings.app_id))[tp] == end
 
         pipe.start_worker(1)
