@@ -35,10 +35,10 @@ from streams.settings import Settings, get_settings
 from streams.topics import COMMAND
 from web import jackpot_api, player_api
 from web.debit_saga import DebitSaga
-from web.http import BadRequest, int_field, problem, read_signed_json, stamp_and_guard, str_field
+from web.http import RECEIVED_AT, BadRequest, int_field, problem, read_signed_json, stamp_and_guard, str_field
 from web.order_claims import Claim, OrderClaims
 from web.pipeline_client import PipelineClient
-from web.signing import RedisNonceStore, Verifier
+from web.signing import CALLER, RedisNonceStore, Verifier
 from web.term_follower import TermFollower
 from web.wallet_client import WalletClient, WalletError, WalletResult, WalletUnavailable
 
@@ -163,7 +163,7 @@ class Gateway:
 
     def command_fields(self, request: web.Request, channel_id: str) -> dict[str, Any]:
         command_id = str(ULID())
-        return {"event_id": command_id, "channel_id": channel_id, "ts": request["received_at"],
+        return {"event_id": command_id, "channel_id": channel_id, "ts": request[RECEIVED_AT],
                 "trace_id": request.headers.get("X-Trace-Id", command_id)[:64], "gateway_id": self.gateway_id}
 
 
@@ -186,14 +186,14 @@ def _count_refusal(request: web.Request, status: int) -> None:
 
 async def signed_json(request: web.Request, roles: tuple[str, ...] = ("game", "admin")) -> dict[str, Any]:
     caller, body = await read_signed_json(request, request.app[KEY_GATEWAY].verifier, roles, MAX_BODY)
-    request["caller"] = caller
+    request[CALLER] = caller
     return body
 
 
 def scoped_config(gateway: Gateway, request: web.Request, channel_id: str) -> dict[str, Any]:
     """The channel's config, if the signed caller's key may act on it (its operator group)."""
     config = gateway.channel_config(channel_id)
-    caller = request.get("caller")
+    caller = request.get(CALLER)
     if caller is not None and not caller.may_act_on(config["operator_group"]):
         raise BadRequest(403, "forbidden", f"key {caller.key_id} acts only on channels of operator group "
                                            f"{caller.group}")

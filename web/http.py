@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 # Requests that are never shed: probes and metrics must answer when the gateway is busiest.
 _NEVER_SHED = ("/v1/health", "/metrics")
+# When the gateway took the request (ms): the `ts` of the command it becomes.
+RECEIVED_AT = web.RequestKey("received_at", int)
 
 
 class BadRequest(Exception):
@@ -136,7 +138,7 @@ def stamp_and_guard(max_body: int, count_refusal: Callable[[web.Request, int], N
 
     @web.middleware
     async def middleware(request: web.Request, handler):
-        request["received_at"] = int(time.time() * 1000)
+        request[RECEIVED_AT] = int(time.time() * 1000)
         sheddable = request.method != "GET" and request.path not in _NEVER_SHED
         shed = shed_reason() if sheddable else None
         if shed is not None:

@@ -26,7 +26,7 @@ from streams import audit, ids, jackpots
 from streams.events import JackpotReply
 from streams.jackpot_events import AwardJackpot, ContributeRest, RollbackAward
 from streams.topics import JACKPOT_COMMAND
-from web.http import BadRequest, int_field, problem, read_signed_json, str_field
+from web.http import RECEIVED_AT, BadRequest, int_field, problem, read_signed_json, str_field
 
 if TYPE_CHECKING:
     from web.gateway import Gateway
@@ -108,7 +108,7 @@ class JackpotApi:
 
     def _command_fields(self, request: web.Request, jackpot_id: str) -> dict[str, Any]:
         command_id = str(ULID())
-        return {"event_id": command_id, "channel_id": "", "ts": request["received_at"], "jackpot_id": jackpot_id,
+        return {"event_id": command_id, "channel_id": "", "ts": request[RECEIVED_AT], "jackpot_id": jackpot_id,
                 "trace_id": request.headers.get("X-Trace-Id", command_id)[:64],
                 "gateway_id": self.gateway.gateway_id}
 

@@ -32,7 +32,7 @@ from streams.events import CancelBet, CashoutBet, Command
 from web import gateway as gw
 from web import sessions
 from web.http import BadRequest, problem, str_field
-from web.signing import Caller
+from web.signing import CALLER, Caller
 from web.wallet_client import WalletError, WalletResult, WalletUnavailable
 
 __all__ = ["add_routes"]
@@ -86,7 +86,7 @@ def _page(handler: Callable[[web.Request, sessions.Session], Awaitable[web.Strea
             session = sessions.verify(request.app[gw.KEY_GATEWAY].settings.session_secret,
                                       sessions.bearer(request.headers.get("Authorization")))
             # The session stands for the key that asked for it: the same operator group scope.
-            request["caller"] = Caller(key_id=f"session:{session.session_id}", role="player", group=session.group)
+            request[CALLER] = Caller(key_id=f"session:{session.session_id}", role="player", group=session.group)
             response = await handler(request, session)
         except sessions.SessionError as error:
             gw.REQUESTS.labels(op="page_session", status="401").inc()
@@ -122,7 +122,7 @@ async def create_session(request: web.Request) -> web.Response:
     """The operator's server asks for a token for one of its players: {user_id, ttl_s?, channel_id?}."""
     gateway: gw.Gateway = request.app[gw.KEY_GATEWAY]
     body = await gw.signed_json(request, roles=("game", "admin"))
-    caller: Caller = request["caller"]
+    caller = request[CALLER]
     user_id = str_field(body, "user_id", ids.REFERENCE)
     ttl_s = body.get("ttl_s", gateway.settings.session_ttl_s)
     if not isinstance(ttl_s, int) or isinstance(ttl_s, bool) or not 60 <= ttl_s <= sessions.MAX_TTL_S:

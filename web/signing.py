@@ -193,6 +193,10 @@ class Caller:
         return not self.group or self.group == operator_group
 
 
+# Where a request's verified caller is kept once its signature (or session) checked out.
+CALLER = web.RequestKey("caller", Caller)
+
+
 class Verifier:
     """Checks signed requests against a key table {key_id: (secret, role)}; a role may name the
     key's operator group as `role@group`."""
@@ -246,7 +250,7 @@ def require_signature(verifier: Verifier, roles: Iterable[str] | None = None,
     """aiohttp handler decorator: 401 on a bad signature, 403 on a role not allowed, 503 when
     the nonce store is down.
 
-    The verified caller is stored as request["caller"].
+    The verified caller is stored as request[CALLER].
     """
     allowed = frozenset(roles) if roles is not None else None
 
@@ -264,7 +268,7 @@ def require_signature(verifier: Verifier, roles: Iterable[str] | None = None,
                 return web.json_response(
                     {"error": "forbidden", "reason": f"role {caller.role!r} may not call this endpoint"},
                     status=403)
-            request["caller"] = caller
+            request[CALLER] = caller
             return await handler(request)
 
         wrapped.__name__ = getattr(handler, "__name__", "wrapped")

@@ -51,10 +51,12 @@ from streams.audit import AuditLog, request_summary
 from streams.cache import REDIS_ERRORS, redis_client
 from streams.settings import Settings, get_settings
 from web import http
-from web.signing import RedisNonceStore, Verifier, require_signature
+from web.signing import CALLER, RedisNonceStore, Verifier, require_signature
 
 log = logging.getLogger("crash.wallet")
 
+# The outcome label of a request for the wallet's metrics, set by whoever decided it.
+OUTCOME = web.RequestKey("outcome", str)
 MAX_BODY_BYTES = 64 * 1024
 MAX_BATCH_ITEMS = 500
 # Largest amount or balance accepted: the biggest integer a JSON reader using IEEE doubles
@@ -437,14 +439,14 @@ class WalletService:
             log.exception("%s %s failed", request.method, request.path)
             response = _error(500, "internal", "internal error (logged)")
         if route not in ("health", "metrics"):
-            outcome = request.get("outcome") or {401: "unauthorized", 403: "forbidden", 413: "too_large",
+            outcome = request.get(OUTCOME) or {401: "unauthorized", 403: "forbidden", 413: "too_large",
                                                  400: "bad_request"}.get(response.status, str(response.status))
             self.metrics.requests.labels(op=route, outcome=outcome).inc()
             self.metrics.latency.labels(op=route).observe(time.perf_counter() - started)
         return response
 
     def _bad(self, request: web.Request, error: BadRequest) -> web.Response:
-        request["outcome"] = "bad_request"
+        request[OUTCOME] = "bad_request"
         return _error(400, "bad_request", str(error))
 
     # ---- faults
@@ -465,7 +467,7 @@ class WalletService:
                                  answer: Callable[[list[Outcome]], web.Response]) -> web.Response:
         fault = await self._fault()
         if fault == "error":
-            request["outcome"] = "injected_error"
+            request[OUTCOME] = "injected_error"
             return web.json_response({"error": "injected_error"}, status=503)
         if fault == "timeout":
             # Answer so late that the caller has given up, but still apply: the classic
@@ -477,7 +479,7 @@ class WalletService:
             # Applied, but the answer is lost: close the socket so that the caller sees a
             # disconnect (no status line at all). aiohttp's write of `response` then fails
             # quietly with ConnectionResetError, which it treats as a client disconnect.
-            request["outcome"] = "dropped"
+            request[OUTCOME] = "dropped"
             if request.transport is not None:
                 request.transport.abort()
         return response
@@ -513,7 +515,7 @@ class WalletService:
             return self._bad(request, error)
 
         def answer(outcomes: list[Outcome]) -> web.Response:
-            request.setdefault("outcome", outcomes[0].label)
+            request.setdefault(OUTCOME, outcomes[0].label)
             return web.json_response(outcomes[0].result, status=outcomes[0].http_status)
 
         return await self._apply_with_faults(request, [op], answer)
@@ -527,7 +529,7 @@ class WalletService:
         def answer(outcomes: list[Outcome]) -> web.Response:
             for outcome in outcomes:
                 self.metrics.batch_items.labels(outcome=outcome.label).inc()
-            request.setdefault("outcome", "ok")
+            request.setdefault(OUTCOME, "ok")
             return web.json_response({"results": [outcome.result for outcome in outcomes]})
 
         return await self._apply_with_faults(request, ops, answer)
@@ -538,7 +540,7 @@ class WalletService:
             currency = _currency(dict(request.query))
         except BadRequest as error:
             return self._bad(request, error)
-        request["outcome"] = "ok"
+        request[OUTCOME] = "ok"
         balance = await self.ledger.balance(user_id, currency)
         return web.json_response({"user_id": user_id, "currency": currency, "balance": balance})
 
@@ -550,7 +552,7 @@ class WalletService:
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def get_faults(self, request: web.Request) -> web.Response:
-        request["outcome"] = "ok"
+        request[OUTCOME] = "ok"
         return web.json_response(asdict(self.faults))
 
     async def set_faults(self, request: web.Request) -> web.Response:
@@ -559,12 +561,12 @@ class WalletService:
             Faults(**asdict(self.faults)).update(changes)       # validate on a copy first
         except BadRequest as error:
             return self._bad(request, error)
-        caller = request["caller"].key_id
+        caller = request[CALLER].key_id
         await self.audit.append(caller, caller, "wallet.faults", request_summary(request, changes))
         self.faults.update(changes)
         self.metrics.show_switches(self.faults)
-        log.warning("fault switches now %s (by %s)", asdict(self.faults), request["caller"].key_id)
-        request["outcome"] = "ok"
+        log.warning("fault switches now %s (by %s)", asdict(self.faults), request[CALLER].key_id)
+        request[OUTCOME] = "ok"
         return web.json_response(asdict(self.faults))
 
     async def set_account(self, request: web.Request) -> web.Response:
@@ -576,11 +578,11 @@ class WalletService:
         except BadRequest as error:
             return self._bad(request, error)
         op = Operation("adjust", f"adjust:{uuid.uuid4().hex}", user_id, currency, balance, kind="admin",
-                       meta={"by": request["caller"].key_id})
-        await self.audit.append(request["caller"].key_id, request["caller"].key_id, "wallet.set_balance",
+                       meta={"by": request[CALLER].key_id})
+        await self.audit.append(request[CALLER].key_id, request[CALLER].key_id, "wallet.set_balance",
                                 request_summary(request, data, order_no=op.order_no), target=f"{user_id}/{currency}")
         outcome = await self.ledger.apply(op)
-        request["outcome"] = "ok"
+        request[OUTCOME] = "ok"
         return web.json_response({"user_id": user_id, "currency": currency, "balance": outcome.result["balance"],
                                   "order_no": op.order_no, "tx_id": outcome.result["tx_id"]})
 
