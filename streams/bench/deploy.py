@@ -101,9 +101,6 @@ class Proc:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def cpu(self) -> float | None:
-        return cpu_seconds(self.pid) if self.alive else None
-
     def stop(self, timeout: float = 20) -> None:
         if not self.alive:
             return

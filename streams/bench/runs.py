@@ -149,14 +149,18 @@ class Run:
         self.accepted.setdefault(dep.database, set()).update((a[0], a[1]) for a in accepted)
 
     @staticmethod
-    def cpu(dep: Deployment) -> dict[str, float]:
-        snapshot = {name: proc.cpu() for name, proc in dep.procs.items() if not name.startswith("load-")}
-        snapshot.update({name: cpu_seconds(pid) for name, pid in infra_pids().items()})
-        return {k: v for k, v in snapshot.items() if v is not None}
+    def cpu(dep: Deployment) -> dict[str, tuple[int, float]]:
+        """{process: (pid, CPU seconds so far)} of the pipeline's and the servers' processes."""
+        pids = {name: proc.pid for name, proc in dep.procs.items() if not name.startswith("load-") and proc.alive}
+        pids.update(infra_pids())
+        snapshot = {name: (pid, cpu_seconds(pid)) for name, pid in pids.items()}
+        return {name: (pid, cpu) for name, (pid, cpu) in snapshot.items() if cpu is not None}
 
     @staticmethod
-    def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-        return {k: round(after[k] - before[k], 2) for k in after if k in before}
+    def cpu_delta(before: dict[str, tuple[int, float]], after: dict[str, tuple[int, float]]) -> dict[str, float]:
+        # A process restarted in between (another pid: a test stopping the shared Redis, say)
+        # has no figure rather than a meaningless difference.
+        return {k: round(after[k][1] - before[k][1], 2) for k in after if k in before and before[k][0] == after[k][0]}
 
     async def new_channel(self, dep: Deployment, name: str, **overrides: Any) -> str:
         return await dep.create_channel(f"{dep.name}-{name}", {**CHANNEL_CONFIG, **overrides})
