@@ -25,6 +25,7 @@ from playwright.async_api import Page, expect
 from test_page import PHONE, Console, chromium, shot
 
 from harness import BIN, FAST_CONFIG, NO_FAULTS, create_jackpot, now_ms, taking_bets, wait_for
+from streams.cache import redis_client
 from web import accounts, sessions
 
 pytestmark = pytest.mark.slow
@@ -142,17 +143,26 @@ def test_passwords_are_kept_as_scrypt_hashes_only():
         accounts.hash_password("short")
 
 
-def test_failed_logins_lock_a_key_within_the_window_in_bounded_memory():
-    limiter = accounts.FailureLimiter(limit=3, window_ms=60_000, max_keys=100)
-    assert [limiter.fail("ops", t) for t in (0, 10_000, 20_000)] == [False, False, True]
-    assert limiter.retry_after_ms("ops", 20_000) == 40_000         # until the first failure is a minute old
-    assert limiter.retry_after_ms("ops", 60_000) == 0              # it left the window: one more try
-    assert limiter.retry_after_ms("other", 20_000) == 0
-    limiter.clear("ops")
-    assert limiter.retry_after_ms("ops", 20_001) == 0
-    for i in range(1000):
-        limiter.fail(f"name-{i}", 30_000)
-    assert len(limiter) == 100                                     # the oldest keys are forgotten first
+async def test_failed_logins_are_counted_once_for_every_process_within_the_window(base_settings):
+    # Two limiters on the same Redis: two crash-ops processes behind the ingress.
+    store = redis_client(base_settings.redis_url)
+    prefix = f"test:failures:{uuid.uuid4().hex[:8]}:"
+    one, two = (accounts.FailureLimiter(store, prefix, limit=3, window_ms=60_000) for _ in range(2))
+    try:
+        assert [await one.fail("ops", 0), await two.fail("ops", 10_000), await one.fail("ops", 20_000)] == \
+            [False, False, True]
+        assert await two.retry_after_ms("ops", 20_000) == 40_000   # until the first failure is a minute old
+        assert await one.retry_after_ms("ops", 60_000) == 0        # it left the window: one more try
+        assert await one.retry_after_ms("other", 20_000) == 0
+        await two.clear("ops")
+        assert await one.retry_after_ms("ops", 20_001) == 0
+        # Many processes failing a key at once: exactly one of them sees the lock start.
+        assert sum(await asyncio.gather(*(limiter.fail("spray", 30_000) for limiter in (one, two) * 5))) == 1
+        assert await store.zcard(prefix + "spray") == 3            # a key keeps its newest `limit` failures
+        assert 0 < await store.pttl(prefix + "spray") <= 60_000     # and leaves with its window
+    finally:
+        await store.delete(prefix + "ops", prefix + "spray")
+        await store.aclose()
 
 
 def test_a_console_token_is_not_a_players_token():
@@ -232,6 +242,12 @@ async def test_failed_logins_lock_the_name_and_the_address(pipe, operators):
         assert 890 <= int(resp.headers["Retry-After"]) <= 900
         status, body, _ = await owner.login("ops-locked")
         assert status == 429 and "account name" in body["reason"]
+        # The count is not the process's: a restarted crash-ops (or another replica) keeps the lock.
+        pipe.others["ops"].kill9()
+        pipe.start_ops()
+        await pipe.wait_http(f"{pipe.ops_url()}/ops/channels")
+        status, body, _ = await owner.login("ops-locked")
+        assert status == 429 and "account name" in body["reason"], body
         assert len(await audit_rows(pipe, "console.login_failed", actor="ops-locked")) == PER_NAME
         assert len(await audit_rows(pipe, "console.login_locked", actor="ops-locked")) == 1
         # Other accounts are not locked.

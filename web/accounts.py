@@ -12,7 +12,8 @@ What is here has no Faust in it, so that the CLI and unit tests use it without a
   raised later without invalidating existing hashes; checked in constant time;
 - the account table's reads and writes;
 - `FailureLimiter`: failed logins counted per key (an account name, a client address) in a
-  sliding window, in bounded memory. No I/O, no clock of its own: the caller passes the time.
+  sliding window, in Redis (shared by every crash-ops process), in bounded memory. No clock of
+  its own: the caller passes the time.
 """
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,52 +167,43 @@ async def set_disabled(engine: AsyncEngine, name: str, disabled: bool) -> bool:
 
 class FailureLimiter:
     """At most `limit` failures per key within `window_ms`; then the key is refused until its
-    oldest failure leaves the window.
+    oldest counted failure leaves the window.
 
-    Memory is bounded: at most `max_keys` keys (the least recently failed ones are forgotten
-    first) of at most `limit` timestamps each. Forgetting can only let a key try again sooner,
-    never lock out a key that did not fail; an attacker would need `max_keys` other failing
-    keys within the window to flush one, and the per-address limit bounds how many names one
-    address can fail on.
+    The failures live in Redis (a sorted set of failure times per key, under `prefix`), so that
+    every crash-ops process counts the same ones: with N replicas behind the ingress, a limit
+    kept per process would let an attacker try N times as often, and a restart would forget a
+    lock. Memory is bounded: a key keeps its newest `limit` failures and expires with its window.
+    Keys should not be secrets (a name may be a password typed in the wrong field): the caller
+    passes a keyed tag of them. The caller passes the time, in ms.
     """
 
-    def __init__(self, limit: int, window_ms: int, max_keys: int = 10_000) -> None:
-        if limit < 1 or window_ms < 1 or max_keys < 1:
-            raise ValueError("limit, window_ms and max_keys must be positive")
-        self.limit, self.window_ms, self.max_keys = limit, window_ms, max_keys
-        self._failures: OrderedDict[str, deque[int]] = OrderedDict()
+    def __init__(self, store: Any, prefix: str, limit: int, window_ms: int) -> None:
+        if limit < 1 or window_ms < 1:
+            raise ValueError("limit and window_ms must be positive")
+        self.store, self.prefix, self.limit, self.window_ms = store, prefix, limit, window_ms
 
-    def _recent(self, key: str, now_ms: int) -> deque[int] | None:
-        failures = self._failures.get(key)
-        if failures is None:
-            return None
-        while failures and failures[0] <= now_ms - self.window_ms:
-            failures.popleft()
-        if not failures:
-            del self._failures[key]
-            return None
-        return failures
-
-    def retry_after_ms(self, key: str, now_ms: int) -> int:
+    async def retry_after_ms(self, key: str, now_ms: int) -> int:
         """0 when `key` may try now, else how long until it may."""
-        failures = self._recent(key, now_ms)
-        if failures is None or len(failures) < self.limit:
+        async with self.store.pipeline(transaction=True) as pipe:
+            pipe.zremrangebyscore(self.prefix + key, "-inf", now_ms - self.window_ms)
+            pipe.zrange(self.prefix + key, 0, 0, withscores=True)
+            pipe.zcard(self.prefix + key)
+            _, oldest, count = await pipe.execute()
+        if count < self.limit:
             return 0
-        return failures[0] + self.window_ms - now_ms
+        return int(oldest[0][1]) + self.window_ms - now_ms
 
-    def fail(self, key: str, now_ms: int) -> bool:
-        """Count a failure; True when this failure is the one that locks the key."""
-        failures = self._recent(key, now_ms)
-        if failures is None:
-            failures = self._failures[key] = deque(maxlen=self.limit)
-        self._failures.move_to_end(key)
-        failures.append(now_ms)
-        while len(self._failures) > self.max_keys:
-            self._failures.popitem(last=False)
-        return len(failures) == self.limit
+    async def fail(self, key: str, now_ms: int) -> bool:
+        """Count a failure; True when this failure is the one that locks the key (one caller
+        sees it, however many processes fail the key at once: the steps are one transaction)."""
+        async with self.store.pipeline(transaction=True) as pipe:
+            pipe.zremrangebyscore(self.prefix + key, "-inf", now_ms - self.window_ms)
+            pipe.zadd(self.prefix + key, {f"{now_ms}.{secrets.token_hex(4)}": now_ms})
+            pipe.zremrangebyrank(self.prefix + key, 0, -self.limit - 1)     # only the newest `limit`
+            pipe.zcard(self.prefix + key)
+            pipe.pexpire(self.prefix + key, self.window_ms)
+            _, _, trimmed, count, _ = await pipe.execute()
+        return count == self.limit and not trimmed
 
-    def clear(self, key: str) -> None:
-        self._failures.pop(key, None)
-
-    def __len__(self) -> int:
-        return len(self._failures)
+    async def clear(self, key: str) -> None:
+        await self.store.delete(self.prefix + key)

@@ -30,7 +30,8 @@ The session:
 
 Logins: JSON only (an HTML form of another site cannot send JSON, so nobody can log a victim
 in to an account of theirs). Failed logins are counted per account name and per client address
-(`accounts.FailureLimiter`, bounded memory, per process); a locked name or address is answered
+(`accounts.FailureLimiter`, in Redis: one count for every crash-ops process, kept across their
+restarts, in bounded memory); a locked name or address is answered
 429 with Retry-After before any password is checked. An unknown name costs the same scrypt as a
 wrong password. Every login, failed login, lock and logout is a row of the audit log, whose
 actor is the account; a name that is no account is recorded only as a keyed tag, so that a
@@ -54,7 +55,7 @@ from faust import web
 from sql.db import make_engine
 from streams import audit, ids
 from streams.app import app, settings
-from streams.cache import redis_client
+from streams.cache import REDIS_ERRORS, redis_client
 from streams.settings import SettingsError
 from web import accounts, sessions
 from web.http import BadRequest, parse_json_object, problem
@@ -69,6 +70,7 @@ MAX_AGE_MS = 12 * 3600 * 1000
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 MAX_LOGIN_BODY = 4096
 REDIS_PREFIX = "console:session:"
+FAILURES_PREFIX = "console:failures:"
 HASHING_AT_ONCE = 2          # concurrent scrypt checks (32 MiB and a core each): a login flood queues
 _REFRESHED = "console.refreshed"        # request keys set by session_caller for the response hook
 _BY_SESSION = "console.caller"
@@ -132,12 +134,16 @@ def _store():
 
 
 def limiters() -> tuple[accounts.FailureLimiter, accounts.FailureLimiter]:
-    """(per account name, per client address)."""
+    """(per account name, per client address); their keys are `_tag`s."""
     global _limiters
     if _limiters is None:
         window = settings.console_login_window_s * 1000
-        _limiters = (accounts.FailureLimiter(settings.console_failures_per_name, window),
-                     accounts.FailureLimiter(settings.console_failures_per_address, window))
+        # Under the app's id: the crash-ops processes of one deployment share the counts, and
+        # another deployment on the same Redis has its own.
+        prefix = f"{settings.app_id}:{FAILURES_PREFIX}"
+        _limiters = (accounts.FailureLimiter(_store(), prefix + "name:", settings.console_failures_per_name, window),
+                     accounts.FailureLimiter(_store(), prefix + "address:", settings.console_failures_per_address,
+                                             window))
     return _limiters
 
 
@@ -284,9 +290,10 @@ def _whoami(name: str, role: str, group: str, session_id: str, expires_at: int) 
 
 # ---------------------------------------------------------------- login, logout, who am I
 
-def _name_tag(name: str) -> str:
-    """Who tried a name that is no account, without writing the name down (it may be a password)."""
-    return hmac.new(_secret().encode(), b"name." + name.encode(), hashlib.sha256).hexdigest()[:16]
+def _tag(kind: str, value: str) -> str:
+    """A keyed tag of a name or an address: who tried it, without writing it down (a name that is
+    no account may be a password typed in the wrong field)."""
+    return hmac.new(_secret().encode(), f"{kind}.".encode() + value.encode(), hashlib.sha256).hexdigest()[:16]
 
 
 def _login_summary(request: aioweb.Request, address: str, **extra: Any) -> dict[str, Any]:
@@ -302,6 +309,14 @@ def _check(password: str, account: accounts.Account | None) -> bool:
 class Login(web.View):
     async def post(self, request):
         """{name, password} -> the session (cookie) and who it is for."""
+        try:
+            return await self._login(request)
+        except REDIS_ERRORS as error:
+            # The failure counts and the sessions live in Redis: no login without it.
+            return problem(503, "unavailable", f"the session store is unavailable ({error}); retry shortly",
+                           headers={"Retry-After": "5"})
+
+    async def _login(self, request):
         global _hashing
         if request.content_type != "application/json":
             return problem(415, "unsupported_media_type", "send the login as JSON (Content-Type: application/json)")
@@ -320,8 +335,10 @@ class Login(web.View):
         secret = _secret()
         address = client_address(request)
         by_name, by_address = limiters()
+        name_tag, address_tag = _tag("name", name), _tag("address", address)
         now = _now()
-        waits = {"account name": by_name.retry_after_ms(name, now), "address": by_address.retry_after_ms(address, now)}
+        waits = {"account name": await by_name.retry_after_ms(name_tag, now),
+                 "address": await by_address.retry_after_ms(address_tag, now)}
         which, wait_ms = max(waits.items(), key=lambda item: item[1])
         if wait_ms > 0:
             seconds = -(-wait_ms // 1000)
@@ -334,10 +351,11 @@ class Login(web.View):
             good = await asyncio.to_thread(_check, password, account)
         if not good or account is None or account.disabled:
             now = _now()
-            locked = [what for what, limiter, key in (("account name", by_name, name), ("address", by_address, address))
-                      if limiter.fail(key, now)]
+            locked = [what for what, limiter, key in (("account name", by_name, name_tag),
+                                                      ("address", by_address, address_tag))
+                      if await limiter.fail(key, now)]
             actor = account.name if account is not None else "unknown"
-            known = {} if account is not None else {"name_tag": _name_tag(name)}
+            known = {} if account is not None else {"name_tag": name_tag}
             await audit.append(actor, "", "console.login_failed", _login_summary(request, address, **known),
                                target=actor)
             if locked:
@@ -346,7 +364,7 @@ class Login(web.View):
                 await audit.append(actor, "", "console.login_locked",
                                    _login_summary(request, address, locked=locked, **known), target=actor)
             return problem(401, "bad_login", "the name or the password is wrong")
-        by_name.clear(name)
+        await by_name.clear(name_tag)
         ttl = _ttl_s()
         token, session = sessions.issue(secret, account.name, ttl, now_ms=_now(), group=account.group,
                                         kind="console", role=account.role)
