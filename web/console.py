@@ -52,13 +52,13 @@ from typing import Any
 from aiohttp import web as aioweb
 from faust import web
 
-from sql.db import make_engine
 from streams import audit, ids
 from streams.app import app, settings
-from streams.cache import REDIS_ERRORS, redis_client
+from streams.cache import REDIS_ERRORS
 from streams.settings import SettingsError
 from web import accounts, sessions
 from web.http import BadRequest, parse_json_object, problem
+from web.ops_resources import db, redis
 from web.signing import HEADER_KEY_ID, Caller
 
 __all__ = ["COOKIE", "CSRF_HEADER", "SessionCaller", "carries_session", "session_caller", "csrf_token"]
@@ -113,24 +113,8 @@ def _now() -> int:
 
 # ---------------------------------------------------------------- resources (made on first use)
 
-_engine = None
-_redis = None
 _hashing: asyncio.Semaphore | None = None
 _limiters: tuple[accounts.FailureLimiter, accounts.FailureLimiter] | None = None
-
-
-def _db():
-    global _engine
-    if _engine is None:
-        _engine = make_engine(settings.db_url, pool_size=2)
-    return _engine
-
-
-def _store():
-    global _redis
-    if _redis is None:
-        _redis = redis_client(settings.redis_url, max_connections=16)
-    return _redis
 
 
 def limiters() -> tuple[accounts.FailureLimiter, accounts.FailureLimiter]:
@@ -141,8 +125,8 @@ def limiters() -> tuple[accounts.FailureLimiter, accounts.FailureLimiter]:
         # Under the app's id: the crash-ops processes of one deployment share the counts, and
         # another deployment on the same Redis has its own.
         prefix = f"{settings.app_id}:{FAILURES_PREFIX}"
-        _limiters = (accounts.FailureLimiter(_store(), prefix + "name:", settings.console_failures_per_name, window),
-                     accounts.FailureLimiter(_store(), prefix + "address:", settings.console_failures_per_address,
+        _limiters = (accounts.FailureLimiter(redis(), prefix + "name:", settings.console_failures_per_name, window),
+                     accounts.FailureLimiter(redis(), prefix + "address:", settings.console_failures_per_address,
                                              window))
     return _limiters
 
@@ -235,25 +219,25 @@ def _check_csrf(request: aioweb.Request, session_id: str) -> None:
 
 
 async def _state(session_id: str) -> dict[str, Any] | None:
-    raw = await _store().get(REDIS_PREFIX + session_id)
+    raw = await redis().get(REDIS_PREFIX + session_id)
     return json.loads(raw) if raw is not None else None
 
 
 async def _end(session_id: str) -> None:
-    await _store().delete(REDIS_PREFIX + session_id)
+    await redis().delete(REDIS_PREFIX + session_id)
 
 
 async def _refresh(request: aioweb.Request, session: sessions.Session, state: dict[str, Any],
                    now: int) -> sessions.Session:
     """A new token for the same session, from the account as it is now."""
-    account = await accounts.get_account(_db(), session.user_id)
+    account = await accounts.get_account(db(), session.user_id)
     if account is None or account.disabled:
         await _end(session.session_id)
         raise BadRequest(401, "session_ended", f"operator {session.user_id} is disabled: the session has ended")
     ttl = max(1, min(_ttl_s(), (state["login_at"] + MAX_AGE_MS - now) // 1000))
     token, fresh = sessions.issue(_secret(), account.name, ttl, now_ms=now, group=account.group, kind="console",
                                   role=account.role, session_id=session.session_id)
-    await _store().expire(REDIS_PREFIX + session.session_id, ttl)
+    await redis().expire(REDIS_PREFIX + session.session_id, ttl)
     request[_REFRESHED] = (token, ttl)
     return fresh
 
@@ -344,7 +328,7 @@ class Login(web.View):
             seconds = -(-wait_ms // 1000)
             return problem(429, "too_many_failures", f"too many failed logins for this {which}: try again in"
                            f" {-(-seconds // 60)} min", headers={"Retry-After": str(seconds)}, retry_after_s=seconds)
-        account = await accounts.get_account(_db(), name) if ids.is_name(name) else None
+        account = await accounts.get_account(db(), name) if ids.is_name(name) else None
         if _hashing is None:
             _hashing = asyncio.Semaphore(HASHING_AT_ONCE)
         async with _hashing:
@@ -371,7 +355,7 @@ class Login(web.View):
         await audit.append(account.name, f"console:{session.session_id}", "console.login",
                            _login_summary(request, address, role=account.role, group=account.group),
                            target=account.name)
-        await _store().set(REDIS_PREFIX + session.session_id,
+        await redis().set(REDIS_PREFIX + session.session_id,
                            json.dumps({"name": account.name, "login_at": session.issued_at, "address": address}),
                            ex=ttl)
         response = aioweb.json_response(_whoami(account.name, account.role, account.group, session.session_id,

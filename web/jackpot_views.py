@@ -30,19 +30,19 @@ from streams.events import FeedJackpot
 from streams.jackpot_events import ConfigureJackpot, ReconcileJackpot, SetJackpotStatus
 from streams.jackpot_verify import verify_jackpot
 from streams.topics import command_topic, jackpot_command_topic
+from web.http import problem
 from web.jackpot_api import RULES
 from web.operator_views import (
     READ_ROLES,
     admin_body,
     app,
-    db,
     fetch_all,
     out_of_scope,
     presents_credentials,
-    problem,
     sent,
     signed_caller,
 )
+from web.ops_resources import db, redis
 
 __all__ = ["channels_in_scope"]
 
@@ -110,7 +110,6 @@ async def channels_in_scope(definition: dict[str, Any]) -> list[str]:
 
 
 async def _live_views(jackpot_ids: list[str]) -> dict[str, Any]:
-    from web.operator_views import redis
     if not jackpot_ids:
         return {}
     raw = await redis().mget([jackpots.view_key(j) for j in jackpot_ids])

@@ -23,10 +23,8 @@ from faust import web
 from sqlalchemy import text
 from ulid import ULID
 
-from sql.db import make_engine
 from streams import audit, ids, jackpots
 from streams.app import app, settings
-from streams.cache import redis_client
 from streams.channels import DEFAULTS, MAX_JACKPOTS, ConfigError, validate
 from streams.codec import encode
 from streams.events import AbortTerm, ConfigureChannel, StartTerm
@@ -34,26 +32,11 @@ from streams.topics import command_topic
 from streams.verify import verify_channel
 from tables.chain_store import chain_store
 from web import console
-from web.http import BadRequest
+from web.http import BadRequest, problem
+from web.ops_resources import db, redis
 from web.signing import Caller, NonceStoreUnavailable, RedisNonceStore, SignatureError, Verifier
 
-_engine = None
 _verifier: Verifier | None = None
-_redis = None
-
-
-def db():
-    global _engine
-    if _engine is None:
-        _engine = make_engine(settings.db_url, pool_size=3)
-    return _engine
-
-
-def redis():
-    global _redis
-    if _redis is None:
-        _redis = redis_client(settings.redis_url)
-    return _redis
 
 
 def verifier() -> Verifier:
@@ -61,10 +44,6 @@ def verifier() -> Verifier:
     if _verifier is None:
         _verifier = Verifier(settings.api_keys, RedisNonceStore(redis()))
     return _verifier
-
-
-def problem(status: int, error: str, reason: str) -> aioweb.Response:
-    return aioweb.json_response({"error": error, "reason": reason}, status=status)
 
 
 READ_ROLES = ("reader", "admin")
