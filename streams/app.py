@@ -62,4 +62,6 @@ def main() -> None:
     # share of a worker's time; uvloop's transports cost less per write. Set before any loop exists.
     import mode.loop
     mode.loop.use("uvloop")
+    from streams import full_gc
+    full_gc.install(full_gc.WORKER_FULL_GC_S)
     app.main()

@@ -1,6 +1,7 @@
 """Python's full garbage collections, on a schedule instead of whenever the heap grew by 25 %.
 
-`install()` in a process's main (the push gateway); tests and tools keep CPython's rule.
+`install()` in a process's main (the push gateway, the workers); tests and tools keep CPython's
+rule.
 
 A push gateway with 10,000 clients holds about 490,000 objects tracked by the collector, ~50 per
 client (aiohttp's request, protocol, WebSocket response, heartbeat timers). A full collection
@@ -11,10 +12,12 @@ p99 of the push latency. Young generations stay automatic (they are cheap); a fu
 collection runs every FULL_GC_S, from a thread of its own so that no code path has to remember
 to call it (it holds the GIL like any collection: the pause is the same, only rarer).
 
-Not in the workers: one filling a term with 10,000 auto-cashout bets runs 7 to 12 full
-collections of ~45 ms within a second, but with this schedule `crash-bench --only ticks` showed
-the same tick jitter (p99 100 ms, max 1.3-1.6 s, two runs each way): those pauses are not what
-delays its ticks.
+A worker under load keeps what it makes (orders, books, staged table writes, ~160,000 objects),
+so CPython's rule ran a full collection of 150-190 ms about every 1.7 s during `crash-bench
+--quick --only sustained`, each of them finding almost nothing to free (0-181 objects): ~10 % of
+the worker's time (a gc callback summing each generation's pauses). Every WORKER_FULL_GC_S
+instead, two alternating pairs: steady decisions 2,048/2,050 vs 1,720/1,861 per s, worker CPU
+per 1,000 bets 0.377/0.366 vs 0.440/0.434 s; tick jitter (`--only ticks`) p99 17/14 vs 15/39 ms.
 
 The cost of waiting: the cyclic garbage that closed connections leave (~47 objects, ~12 KB each,
 measured) lives until the next full collection, a few minutes of churn. Freezing the heap
@@ -38,6 +41,7 @@ import time
 from prometheus_client import Histogram
 
 FULL_GC_S = 300.0
+WORKER_FULL_GC_S = 60.0
 NEVER = 2**31 - 1        # CPython runs a full collection once this many young collections passed
 
 FULL_GC = Histogram("gc_full_pause_seconds", "Scheduled full garbage collections (the event loop stopped)",
