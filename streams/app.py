@@ -64,4 +64,5 @@ def main() -> None:
     mode.loop.use("uvloop")
     from streams import full_gc
     full_gc.install(full_gc.WORKER_FULL_GC_S)
+    full_gc.freeze_startup()
     app.main()
