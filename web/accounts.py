@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -177,17 +178,18 @@ class FailureLimiter:
     passes a keyed tag of them. The caller passes the time, in ms.
     """
 
-    def __init__(self, store: Any, prefix: str, limit: int, window_ms: int) -> None:
+    def __init__(self, store: Redis, prefix: str, limit: int, window_ms: int) -> None:
         if limit < 1 or window_ms < 1:
             raise ValueError("limit and window_ms must be positive")
         self.store, self.prefix, self.limit, self.window_ms = store, prefix, limit, window_ms
 
     async def retry_after_ms(self, key: str, now_ms: int) -> int:
         """0 when `key` may try now, else how long until it may."""
+        name = self.prefix + key
         async with self.store.pipeline(transaction=True) as pipe:
-            pipe.zremrangebyscore(self.prefix + key, "-inf", now_ms - self.window_ms)
-            pipe.zrange(self.prefix + key, 0, 0, withscores=True)
-            pipe.zcard(self.prefix + key)
+            pipe.zremrangebyscore(name, "-inf", now_ms - self.window_ms)
+            pipe.zrange(name, 0, 0, withscores=True)
+            pipe.zcard(name)
             _, oldest, count = await pipe.execute()
         if count < self.limit:
             return 0
@@ -196,12 +198,13 @@ class FailureLimiter:
     async def fail(self, key: str, now_ms: int) -> bool:
         """Count a failure; True when this failure is the one that locks the key (one caller
         sees it, however many processes fail the key at once: the steps are one transaction)."""
+        name = self.prefix + key
         async with self.store.pipeline(transaction=True) as pipe:
-            pipe.zremrangebyscore(self.prefix + key, "-inf", now_ms - self.window_ms)
-            pipe.zadd(self.prefix + key, {f"{now_ms}.{secrets.token_hex(4)}": now_ms})
-            pipe.zremrangebyrank(self.prefix + key, 0, -self.limit - 1)     # only the newest `limit`
-            pipe.zcard(self.prefix + key)
-            pipe.pexpire(self.prefix + key, self.window_ms)
+            pipe.zremrangebyscore(name, "-inf", now_ms - self.window_ms)
+            pipe.zadd(name, {f"{now_ms}.{secrets.token_hex(4)}": now_ms})
+            pipe.zremrangebyrank(name, 0, -self.limit - 1)     # only the newest `limit`
+            pipe.zcard(name)
+            pipe.pexpire(name, self.window_ms)
             _, _, trimmed, count, _ = await pipe.execute()
         return count == self.limit and not trimmed
 

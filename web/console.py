@@ -72,8 +72,10 @@ MAX_LOGIN_BODY = 4096
 REDIS_PREFIX = "console:session:"
 FAILURES_PREFIX = "console:failures:"
 HASHING_AT_ONCE = 2          # concurrent scrypt checks (32 MiB and a core each): a login flood queues
-_REFRESHED = "console.refreshed"        # request keys set by session_caller for the response hook
-_BY_SESSION = "console.caller"
+# Request keys set by session_caller for the response hook: the refreshed (token, ttl), and that
+# the request came with a session.
+_REFRESHED = aioweb.RequestKey("console.refreshed", tuple)
+_BY_SESSION = aioweb.RequestKey("console.caller", bool)
 
 STATIC = Path(__file__).resolve().parent / "static"
 # The page's files, by name (nothing else is served: no path ever reaches the file system).

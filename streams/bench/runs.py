@@ -153,8 +153,7 @@ class Run:
         """{process: (pid, CPU seconds so far)} of the pipeline's and the servers' processes."""
         pids = {name: proc.pid for name, proc in dep.procs.items() if not name.startswith("load-") and proc.alive}
         pids.update(infra_pids())
-        snapshot = {name: (pid, cpu_seconds(pid)) for name, pid in pids.items()}
-        return {name: (pid, cpu) for name, (pid, cpu) in snapshot.items() if cpu is not None}
+        return {name: (pid, cpu) for name, pid in pids.items() if (cpu := cpu_seconds(pid)) is not None}
 
     @staticmethod
     def cpu_delta(before: dict[str, tuple[int, float]], after: dict[str, tuple[int, float]]) -> dict[str, float]:
