@@ -42,7 +42,7 @@ from streams.events import (
     PlaceBet,
     TermRecorded,
 )
-from tables import Order, orders
+from tables import Order, order_key, orders
 from tables.memory import TableMemory
 
 log = logging.getLogger(__name__)
@@ -135,10 +135,6 @@ def _prune(ctx: CommandContext, seq: int) -> None:
             pruned += 1
     if pruned:
         metrics.ORDERS_PRUNED.inc(pruned)
-
-
-def order_key(channel_id: str, api_order_no: str) -> str:
-    return f"{channel_id}/{api_order_no}"
 
 
 def refuse(ctx: CommandContext, cmd: Command, reason: str, **details) -> None:

@@ -10,8 +10,11 @@ the book (it was, by an agent of its own, until 2026-12-02: one more batch, ackn
 decode of every bet). crash-replay rebuilds a term's book from that same stream. The rules
 themselves are streams.settlement.Book.
 
-The book lives in the `cashout_book` table (one entry per bet) and `term_books` (one header
-per term); the heaps are process memory rebuilt from the table after a restart or rebalance.
+A book's bets are their orders (the `orders` table, whose entry the Bet Service writes when it
+places or cancels a bet; a cashout adds its fields to it) and its header is in `term_books`;
+the heaps are process memory rebuilt from the tables after a restart or rebalance. (Until
+2026-12-02 the book had a table of its own, `cashout_book`: each bet cost a second changelog
+write at its placement and a third, its deletion, at the settlement.)
 Each cashout emits BetCashedOut (game.bet) and PayoutRequested(cashout) (game.payout) with the
 deterministic order_no `cashout:<bet_id>`; the settlement emits TermSettled on game.bet (the
 sink marks the rest of the term's bets lost) and hands it back to the orchestrator, which
@@ -38,9 +41,9 @@ from streams.events import (
     TermSettled,
 )
 from streams.processing import Batch
-from streams.settlement import Book, BookBet, bet_from_placed
+from streams.settlement import Book, BookBet, bet_from_placed, exit_of
 from streams.topics import bet_topic, payout_topic, reply_topic
-from tables import BookEntry, TermBook, book, term_books
+from tables import Order, TermBook, order_key, orders, term_books
 from tables.memory import TableMemory
 
 log = logging.getLogger(__name__)
@@ -52,17 +55,28 @@ def cashout_order_no(bet_id: str) -> str:
     return f"cashout:{bet_id}"
 
 
-# A table entry is the book's bet plus its term id (the table holds the bets of every term).
-# vars(), not dataclasses.asdict: a BookBet's fields are all scalars, and asdict's recursive
-# deep copy was ~3 % of a worker's busy samples (crash-bench --profile, sustained).
-def _entry(term_id: str, bet: BookBet) -> BookEntry:
-    return BookEntry(term_id=term_id, **vars(bet))
+def _bet(order: Order) -> BookBet:
+    """A placed (or cancelled) order as its book's bet."""
+    exit_x100, exit_mode, forced_reason = exit_of(order.auto_cashout_x100, order.max_win_x100)
+    if order.cashout_mode:
+        state, forced_reason = "cashed", order.forced_reason
+    else:
+        state = "cancelled" if order.status == "cancelled" else "open"
+    return BookBet(bet_id=order.bet_id, api_order_no=order.api_order_no, user_id=order.user_id, amount=order.amount,
+                   currency=order.currency, exit_x100=exit_x100, exit_mode=exit_mode, forced_reason=forced_reason,
+                   state=state, multiple_x100=order.multiple_x100, payout=order.payout, mode=order.cashout_mode,
+                   cashed_at=order.cashed_at, command_id=order.cashout_command_id, placed_at=order.received_at)
 
 
-def _bet(entry: BookEntry) -> BookBet:
-    fields = entry.asdict()
-    del fields["term_id"]
-    return BookBet(**fields)
+def record_cashout(order: Order, bet: BookBet) -> Order:
+    """The order of a bet the book has just cashed out, with that cashout (what _bet reads)."""
+    order.cashout_mode = bet.mode
+    order.multiple_x100 = bet.multiple_x100
+    order.payout = bet.payout
+    order.cashed_at = bet.cashed_at
+    order.forced_reason = bet.forced_reason
+    order.cashout_command_id = bet.command_id
+    return order
 
 
 def _rebuild() -> dict[str, Book]:
@@ -74,10 +88,10 @@ def _rebuild() -> dict[str, Book]:
         b = rebuilt[term_id] = Book(term_id)
         if header.flying_at:
             b.set_header(header.flying_at, header.growth_per_ms, header.caps or {})
-    for _, entry in book.items():
-        b = rebuilt.get(entry.term_id)
-        if b is not None:
-            b.load(_bet(entry))
+    for _, order in orders.items():
+        b = rebuilt.get(order.term_id)
+        if b is not None and order.status != "rejected":
+            b.load(_bet(order))
     log.info("cashout books rebuilt: %d terms, %d bets", len(rebuilt), sum(len(b.bets) for b in rebuilt.values()))
     return rebuilt
 
@@ -110,8 +124,12 @@ class _Term:
             setattr(self.header, name, value)
         self.batch.staged.set(term_books, self.term_id, self.header)
 
-    def save(self, bet: BookBet) -> None:
-        self.batch.staged.set(book, bet.bet_id, _entry(self.term_id, bet))
+    def save_cashout(self, bet: BookBet) -> None:
+        """Write a cashout into the bet's order (its placement and cancel are written there by
+        the Bet Service, in the same batch)."""
+        staged = self.batch.staged
+        key = order_key(self.channel_id, bet.api_order_no)
+        staged.set(orders, key, record_cashout(staged.get(orders, key), bet))
 
     def emit_cashout(self, bet: BookBet, source: Message) -> None:
         emit = self.batch.emit
@@ -130,7 +148,7 @@ class _Term:
 
     def cashed(self, bets: list[BookBet], source: Message) -> None:
         for bet in bets:
-            self.save(bet)
+            self.save_cashout(bet)
             self.emit_cashout(bet, source)
 
 
@@ -155,15 +173,10 @@ def apply(batch: Batch, record: Message) -> TermSettled | None:
         return None
     b = term.book
     if isinstance(record, BetPlaced):
-        bet = bet_from_placed(record)
-        if b.add(bet):
-            term.save(bet)
-            if term.header is None:
-                term.save_header()
+        if b.add(bet_from_placed(record)) and term.header is None:
+            term.save_header()
     elif isinstance(record, BetCancelled):
-        bet = b.cancel(record.bet_id)
-        if bet is not None:
-            term.save(bet)
+        b.cancel(record.bet_id)
     elif isinstance(record, BookMark):
         b.set_header(record.flying_at, record.growth_per_ms, record.caps)
         term.cashed(b.advance(record.mark_at), record)
@@ -203,8 +216,6 @@ def _settle(term: _Term, sealed: BetsSealed) -> TermSettled:
                           ts=max(sealed.ts, sealed.end_at), trace_id=term.term_id, totals=totals, bets=bets,
                           aborted=sealed.aborted, podium=podium)
     emit.send(bet_topic, term.channel_id, settled)
-    for bet_id in b.bets:
-        term.batch.staged.delete(book, bet_id)
     term.save_header(sealed=True, totals=totals, bets=bets)
     books.get().pop(term.term_id, None)
     metrics.TERMS_SETTLED.labels(outcome="aborted" if sealed.aborted else "crashed").inc()

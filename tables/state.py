@@ -112,6 +112,19 @@ class Order(State):
     # next one when it was decided after its term's bets were sealed): the order is pruned when
     # the sink reports that term recorded in MySQL (TermRecorded).
     group: int = 0
+    # The cashout the term's book paid (agents/cashout_service.py); cashout_mode "" = not cashed
+    # out. The book's entry of a bet is its order: the book is rebuilt from these fields after a
+    # rebalance, and a bet costs one changelog write, not one per table.
+    cashout_mode: str = ""       # auto | manual | forced
+    multiple_x100: int = 0
+    payout: int = 0
+    cashed_at: int = 0
+    forced_reason: str = ""
+    cashout_command_id: str = ""
+
+
+def order_key(channel_id: str, api_order_no: str) -> str:
+    return f"{channel_id}/{api_order_no}"
 
 
 # Bounded: the orders of terms the sink has not yet recorded in MySQL (older repeats are answered
@@ -121,25 +134,7 @@ orders = app.Table("orders", value_type=Order, help="api_order_no index: first d
 
 
 # ---------------------------------------------------------------- Cashout Service
-
-class BookEntry(State):
-    bet_id: str
-    term_id: str
-    api_order_no: str
-    user_id: str
-    amount: int
-    currency: str
-    exit_x100: int               # where the bet leaves by itself: auto target or max-win cap
-    exit_mode: str               # auto | forced
-    state: str = "open"          # open | cashed | cancelled
-    multiple_x100: int = 0
-    payout: int = 0
-    mode: str = ""
-    cashed_at: int = 0
-    forced_reason: str = ""
-    command_id: str = ""
-    placed_at: int = 0           # the bet's receive time (the term jackpot's tie-break)
-
+# A book's bets are their orders (above); each term's book has a header here.
 
 class TermBook(State):
     term_id: str
@@ -153,7 +148,6 @@ class TermBook(State):
     bets: int = 0
 
 
-book = app.Table("cashout_book", value_type=BookEntry, help="bets of unsettled terms, by bet_id")
 term_books = app.Table("term_books", value_type=TermBook, help="header and settlement of each term's book")
 
 
@@ -218,8 +212,8 @@ class TermJackpot(State):
 term_jackpots = app.Table("term_jackpots", value_type=TermJackpot, help="podiums and pending hits per term")
 
 __all__: List[str] = [
-    "State", "ChannelState", "TermState", "Order", "BookEntry", "TermBook", "RefundEntry",
+    "State", "ChannelState", "TermState", "Order", "order_key", "TermBook", "RefundEntry",
     "JackpotPool", "TermJackpot",
-    "positions", "channels", "terms", "orders", "book", "term_books", "refunds",
+    "positions", "channels", "terms", "orders", "term_books", "refunds",
     "jackpot_pools", "jackpot_keys", "term_jackpots",
 ]

@@ -251,6 +251,8 @@ async def test_a_player_plays_rounds_on_the_page(stack, browser):
         await verifier.get_by_test_id("compute").click()
         await expect(verifier.get_by_test_id("verdict")).to_have_text("Mismatch: these values do not agree",
                                                                       timeout=30_000)
+        # The published digest (loaded with the round, as a player could paste it) is checked too.
+        await expect(verifier.get_by_test_id("checks")).to_contain_text("the published digest differs")
         await shot(verifier, "10-tampered-mismatch")
         await verifier.close()
 

@@ -118,6 +118,6 @@ async def test_readers_see_their_groups_payouts_and_anonymous_callers_only_publi
         assert resp.status == 200                                      # public: config, fairness, results
     # Faust's built-in views would show bets, orders and the live books: off everywhere.
     for base in (pipe.ops_url(), pipe.metrics_url().removesuffix("/metrics")):
-        for path in ("/table/orders/", "/table/cashout_book/", "/router/", "/graph/"):
+        for path in ("/table/orders/", "/table/term_books/", "/router/", "/graph/"):
             async with pipe.http.get(base + path) as resp:
                 assert resp.status == 404, (base, path, resp.status)

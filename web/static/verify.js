@@ -106,7 +106,7 @@
     }
     if (!response.ok) { report(false, "", [["bad", body.reason || `HTTP ${response.status}`]]); return; }
     for (const [field, id] of [["revealed_hash", "hash"], ["salt", "salt"], ["edge_bps", "edge"], ["max_multiple_x100", "max"],
-      ["chain_index", "index"], ["terminator", "terminator"], ["prev_hash", "prev"]]) {
+      ["chain_index", "index"], ["terminator", "terminator"], ["prev_hash", "prev"], ["hmac_digest", "digest"]]) {
       $(id).value = body[field] === null || body[field] === undefined ? "" : body[field];
     }
     $("claimed").value = body.crash_x100 ? Money.multiple(body.crash_x100).replace("x", "") : "";
@@ -119,7 +119,7 @@
     const claimed = $("claimed").value.trim();
     verify({revealed_hash: $("hash").value.trim(), salt: $("salt").value.trim(), edge_bps: Number($("edge").value),
       max_multiple_x100: Number($("max").value), chain_index: $("index").value.trim() ? Number($("index").value) : null,
-      terminator: $("terminator").value.trim(), prev_hash: $("prev").value.trim(),
+      terminator: $("terminator").value.trim(), prev_hash: $("prev").value.trim(), hmac_digest: $("digest").value.trim(),
       crash_x100: claimed ? Money.parseMultiple(claimed) : null});
   });
   const term = new URLSearchParams(location.search).get("term");
