@@ -13,6 +13,5 @@ def register() -> None:
         commands,
         jackpot_notifier,
         jackpot_service,
-        refund_service,
         sink,
     )

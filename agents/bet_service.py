@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 
-from agents import term_jackpot
+from agents import refund_service, term_jackpot
 from agents.context import CommandContext
 from streams import ids, metrics, money
 from streams.app import settings
@@ -209,11 +209,13 @@ async def place_bet(ctx: CommandContext, cmd: PlaceBet) -> None:
         auto_cashout_x100=cmd.auto_cashout_x100, debited=cmd.debited, group=_prune_group(ctx))
     if reason:
         _remember(ctx, key, order)
-        ctx.emit_bet(BetRejected(
+        rejected = BetRejected(
             event_id=f"{cmd.event_id}.rejected", channel_id=cmd.channel_id, term_id=term_id, ts=cmd.ts,
             trace_id=cmd.trace_id, api_order_no=cmd.api_order_no, user_id=cmd.user_id, amount=cmd.amount,
             currency=cmd.currency, reason=reason, bet_type=cmd.bet_type,
-            auto_cashout_x100=cmd.auto_cashout_x100, debited=cmd.debited))
+            auto_cashout_x100=cmd.auto_cashout_x100, debited=cmd.debited)
+        ctx.emit_bet(rejected)
+        refund_service.request(ctx.batch, rejected)
         metrics.child(metrics.BET_DECISIONS, "rejected", reason).inc()
         _answer(ctx, cmd, order)
         return
@@ -252,10 +254,12 @@ async def cancel_bet(ctx: CommandContext, cmd: CancelBet) -> None:
     order.status = "cancelled"
     staged.set(orders, key, order)
     order_index.get().cancelled(order)
-    ctx.emit_book(BetCancelled(
+    cancelled = BetCancelled(
         event_id=f"{order.bet_id}.cancelled", channel_id=cmd.channel_id, term_id=order.term_id, ts=cmd.ts,
         trace_id=cmd.trace_id, bet_id=order.bet_id, api_order_no=order.api_order_no, user_id=order.user_id,
-        amount=order.amount, currency=order.currency, debited=order.debited))
+        amount=order.amount, currency=order.currency, debited=order.debited)
+    ctx.emit_book(cancelled)
+    refund_service.request(ctx.batch, cancelled)
     metrics.child(metrics.BET_DECISIONS, "cancelled", "").inc()
     _answer(ctx, cmd, order)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 
+from agents import refund_service
 from streams import metrics
 from streams.events import (
     BetCancelled,
@@ -204,10 +205,12 @@ def _settle(term: _Term, sealed: BetsSealed) -> TermSettled:
     emit = term.batch.emit
     for bet in ended:
         if bet.state == "voided":
-            emit.send(bet_topic, term.channel_id, BetVoided(
+            voided = BetVoided(
                 event_id=f"{bet.bet_id}.voided", channel_id=term.channel_id, term_id=term.term_id, ts=sealed.end_at,
                 trace_id=term.term_id, bet_id=bet.bet_id, api_order_no=bet.api_order_no, user_id=bet.user_id,
-                amount=bet.amount, currency=bet.currency))
+                amount=bet.amount, currency=bet.currency)
+            emit.send(bet_topic, term.channel_id, voided)
+            refund_service.request(term.batch, voided)
     bets = sum(t["bets"] for t in totals.values())
     podium = {currency: [{"bet_id": bet.bet_id, "user_id": bet.user_id, "amount": bet.amount,
                           "multiple_x100": bet.multiple_x100} for bet in ranked]

@@ -13,7 +13,8 @@ A standalone asyncio process (not a Faust agent). The sink writes `payout_outbox
    conditional on the lease, so a worker that lost its lease cannot overwrite a newer owner;
 4. emits PayoutSucceeded / PayoutFailed on game.payout after the DB commit (ids are
    deterministic, so a re-sent event is a duplicate consumers drop; a lost one is re-derivable
-   from the outbox).
+   from the outbox), and for a credited refund the bet's terminal outcome, BetRefunded, on
+   game.bet (streams/refunds.py: the row's meta carries its cause and order).
 
 No float ever touches an amount: amounts are read from the row and sent as integers.
 """
@@ -41,15 +42,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sql.db import make_engine
 from streams import metrics
 from streams.backoff import backoff_ms
-from streams.codec import encode
-from streams.events import Message, PayoutFailed, PayoutSucceeded
+from streams.codec import encode, type_header
+from streams.events import BetRefunded, Message, PayoutFailed, PayoutSucceeded
+from streams.refunds import refunded
 from streams.settings import Settings, get_settings
 from web.wallet_client import WalletClient, WalletRejected, WalletResult, WalletUnavailable
 
 log = logging.getLogger("crash.payout")
 
-# streams.topics.PAYOUT; importing that module would build the Faust app's topic objects.
+# streams.topics.PAYOUT and BET; importing that module would build the Faust app's topic objects.
 PAYOUT_TOPIC = "game.payout"
+BET_TOPIC = "game.bet"
 STATUSES = ("ready", "sent", "acked", "failed", "cancelled")   # cancelled: a rolled-back jackpot award
 ERROR_CHARS = 512                # payout_outbox.last_error
 EVENT_ID_CHARS = 96              # event_log.event_id
@@ -171,7 +174,7 @@ def _short(error: str) -> str:
 # ---------------------------------------------------------------- events
 
 class EventPublisher:
-    """PayoutSucceeded/PayoutFailed to game.payout, keyed by channel_id.
+    """PayoutSucceeded/PayoutFailed to game.payout and BetRefunded to game.bet, keyed by channel_id.
 
     Lanes hand their events over and go on paying; one background task sends them and keeps what
     Kafka did not acknowledge for the next round (same ids, so a resent event is a duplicate that
@@ -179,9 +182,11 @@ class EventPublisher:
 
     def __init__(self, settings: Settings) -> None:
         self.topic = settings.topic(PAYOUT_TOPIC)
+        self.bet_topic = settings.topic(BET_TOPIC)
         self._bootstrap = settings.kafka_bootstrap
         self._producer: AIOKafkaProducer | None = None
-        self._pending: list[tuple[bytes, bytes]] = []
+        # (topic, key, value, headers) of each event not yet acknowledged
+        self._pending: list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]] = []
         self._in_flight = 0
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
@@ -198,7 +203,8 @@ class EventPublisher:
     def publish(self, records: Sequence[Message]) -> None:
         if not records:
             return
-        self._pending.extend((record.channel_id.encode(), encode(record)) for record in records)
+        self._pending.extend((self.bet_topic if isinstance(record, BetRefunded) else self.topic,
+                              record.channel_id.encode(), encode(record), type_header(record)) for record in records)
         self._idle.clear()
         self._wakeup.set()
 
@@ -237,7 +243,8 @@ class EventPublisher:
         try:
             try:
                 producer = await self._ensure_producer()
-                futures = [await producer.send(self.topic, value=value, key=key) for key, value in batch]
+                futures = [await producer.send(topic, value=value, key=key, headers=headers)
+                           for topic, key, value, headers in batch]
             except (KafkaError, OSError) as error:
                 log.warning("Kafka unavailable, %d events pending: %s", len(batch) + len(self._pending), error)
                 self._pending[:0] = batch
@@ -388,6 +395,11 @@ class PayoutAdapter:
                 log.error("payout %s failed: %s", row.order_no, decisions[index][1]["error"])
             if event is not None:
                 events.append(event)
+            if outcome == "acked" and row.kind == "refund":
+                events.append(refunded(
+                    event_id=_event_id(row.order_no, "refunded"), order_no=row.order_no, channel_id=row.channel_id,
+                    term_id=row.term_id, bet_id=row.bet_id or "", user_id=row.user_id, amount=row.amount,
+                    currency=row.currency, meta=row.meta, ts=now, trace_id=row.order_no[:TRACE_ID_CHARS]))
         return events
 
     @staticmethod

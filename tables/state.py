@@ -151,23 +151,6 @@ class TermBook(State):
 term_books = app.Table("term_books", value_type=TermBook, help="header and settlement of each term's book")
 
 
-# ---------------------------------------------------------------- Refund Service
-
-class RefundEntry(State):
-    order_no: str
-    bet_id: str
-    api_order_no: str
-    user_id: str
-    amount: int
-    currency: str
-    cause: str
-    term_id: str
-    state: str = "requested"     # requested | refunded
-
-
-refunds = app.Table("refunds", value_type=RefundEntry, help="refund ledger, by refund order_no")
-
-
 # ---------------------------------------------------------------- Jackpot Service (keyed by jackpot_id)
 
 class JackpotPool(State):
@@ -212,8 +195,8 @@ class TermJackpot(State):
 term_jackpots = app.Table("term_jackpots", value_type=TermJackpot, help="podiums and pending hits per term")
 
 __all__: List[str] = [
-    "State", "ChannelState", "TermState", "Order", "order_key", "TermBook", "RefundEntry",
+    "State", "ChannelState", "TermState", "Order", "order_key", "TermBook",
     "JackpotPool", "TermJackpot",
-    "positions", "channels", "terms", "orders", "term_books", "refunds",
+    "positions", "channels", "terms", "orders", "term_books",
     "jackpot_pools", "jackpot_keys", "term_jackpots",
 ]

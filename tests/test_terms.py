@@ -302,7 +302,7 @@ async def test_admin_creates_every_table_changelog_compacted_before_any_worker(p
     settings = dataclasses.replace(pipe.settings, app_id=f"no-worker-{uuid.uuid4().hex[:6]}")
     names = changelog_topics(settings)
     assert {n.removeprefix(settings.app_id + "-").removesuffix("-changelog") for n in names} >= {
-        "channels", "terms", "orders", "positions", "term_books", "refunds"}
+        "channels", "terms", "orders", "positions", "term_books"}
     assert set(names) <= set(await create_topics(settings))
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
