@@ -31,6 +31,8 @@ from typing import Any
 from faust.streams import current_event
 from rocksdict import WriteBatch
 
+from streams.emit import append
+
 log = logging.getLogger(__name__)
 
 _DELETED = object()
@@ -72,7 +74,7 @@ class Staged:
             else:
                 entry[0].put(key_bytes, value_bytes)
                 store._key_index[key_bytes] = partition
-            entry[1] = await producer.send(table.changelog_topic_name, key_bytes, value_bytes, partition, None, None)
+            entry[1] = await append(producer, table.changelog_topic_name, key_bytes, value_bytes, partition=partition)
         self._writes.clear()
         for (table, partition), (batch, sent) in partitions.items():
             table.data._db_for_partition(partition).write(batch)
