@@ -395,11 +395,8 @@ class PayoutAdapter:
                 log.error("payout %s failed: %s", row.order_no, decisions[index][1]["error"])
             if event is not None:
                 events.append(event)
-            if outcome == "acked" and row.kind == "refund":
-                events.append(refunded(
-                    event_id=_event_id(row.order_no, "refunded"), order_no=row.order_no, channel_id=row.channel_id,
-                    term_id=row.term_id, bet_id=row.bet_id or "", user_id=row.user_id, amount=row.amount,
-                    currency=row.currency, meta=row.meta, ts=now, trace_id=row.order_no[:TRACE_ID_CHARS]))
+            if isinstance(event, PayoutSucceeded) and row.kind == "refund":
+                events.append(refunded(event, row.meta, _event_id(row.order_no, "refunded")))
         return events
 
     @staticmethod

@@ -12,7 +12,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from streams.events import BetCancelled, BetRefunded, BetRejected, BetVoided, Message, PayoutRequested
+from streams.events import (
+    BetCancelled,
+    BetRefunded,
+    BetRejected,
+    BetVoided,
+    Message,
+    PayoutRequested,
+    PayoutSucceeded,
+)
 
 CAUSES = {BetCancelled: "cancelled", BetVoided: "voided", BetRejected: "rejected"}
 
@@ -40,12 +48,12 @@ def refund_request(record: BetCancelled | BetVoided | BetRejected) -> PayoutRequ
         meta={"cause": cause, "api_order_no": record.api_order_no})
 
 
-def refunded(*, event_id: str, order_no: str, channel_id: str, term_id: str, bet_id: str, user_id: str, amount: int,
-             currency: str, meta: dict[str, Any] | None, ts: int, trace_id: str) -> BetRefunded:
-    """The BetRefunded of a refund the wallet has credited, from its outbox row (`event_id`:
-    `<order_no>.refunded`, hashed by the Payout Adapter when too long for the event log)."""
+def refunded(paid: PayoutSucceeded, meta: dict[str, Any] | None, event_id: str) -> BetRefunded:
+    """The BetRefunded of a refund the wallet has credited: its PayoutSucceeded plus the outbox
+    row's meta (`event_id`: `<order_no>.refunded`, hashed by the Payout Adapter when too long
+    for the event log)."""
     meta = meta or {}
     return BetRefunded(
-        event_id=event_id, channel_id=channel_id, term_id=term_id, ts=ts, trace_id=trace_id,
-        bet_id=bet_id, api_order_no=str(meta.get("api_order_no", "")), user_id=user_id, amount=amount,
-        currency=currency, order_no=order_no, cause=str(meta.get("cause", "")))
+        event_id=event_id, channel_id=paid.channel_id, term_id=paid.term_id, ts=paid.ts, trace_id=paid.trace_id,
+        bet_id=paid.bet_id, api_order_no=str(meta.get("api_order_no", "")), user_id=paid.user_id,
+        amount=paid.amount, currency=paid.currency, order_no=paid.order_no, cause=str(meta.get("cause", "")))
