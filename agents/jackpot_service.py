@@ -180,32 +180,40 @@ def _close_segment(batch: Batch, touched: Touched) -> None:
     touched.notices.clear()
 
 
-async def _contribute(batch: Batch, pool: JackpotPool, amount_micro: int, item: dict[str, Any],
-                      winner: dict[str, Any]) -> list[dict[str, Any]]:
-    """Add one contribution; returns the awards it triggered ({award_id, amount, cycle})."""
-    touched = _touch(batch, pool)
-    if touched.segment is None or touched.segment.cycle != pool.cycle:
+def _add(batch: Batch, touched: Touched, entry: dict[str, Any]) -> None:
+    """Add one contribution (`entry`, with its amount_micro) to the pool and to this batch's
+    segment of the pool's cycle."""
+    pool = touched.pool
+    segment = touched.segment
+    if segment is None or segment.cycle != pool.cycle:
         _close_segment(batch, touched)
-        touched.segment = Segment(pool.cycle)
+        segment = touched.segment = Segment(pool.cycle)
     money = _money(pool)
-    money.add(amount_micro, pool.definition["cap"])
+    money.add(entry["amount_micro"], pool.definition["cap"])
     _set_money(pool, money)
-    touched.segment.items.append({**item, "amount_micro": amount_micro})
-    touched.segment.total_micro += amount_micro
+    segment.items.append(entry)
+    segment.total_micro += entry["amount_micro"]
     pool.contributions += 1
-    currency = pool.definition["currency"]
-    metrics.child(metrics.JACKPOT_CONTRIBUTIONS, pool.jackpot_id, item["source"]).inc()
-    metrics.child(metrics.JACKPOT_CONTRIBUTED, pool.jackpot_id, item["game_id"]).inc(amount_micro / MICRO)
-    metrics.child(metrics.JACKPOT_LATENCY, item["source"]).observe(max(0, batch.now - item["ts"]) / 1000)
-    _check_near_cap(batch, touched, currency)
+    _check_near_cap(batch, touched, pool.definition["currency"])
+
+
+async def _hit_if_reached(batch: Batch, pool: JackpotPool, winner: dict[str, Any],
+                          secret: tuple[int, str] | None = None) -> dict[str, Any] | None:
+    """After a contribution: the award it triggered ({award_id, amount, cycle}), if any.
+    At most one hit per contribution: a cycle that starts at or above its hit value (a large
+    overflow) hits on its next contribution. `secret`: the cycle's (hit value, nonce) if the
+    caller holds it already."""
     if pool.definition["trigger"] != "must_hit_by":
-        return []
-    # At most one hit per contribution: a cycle that starts at or above its hit value (a large
-    # overflow) hits on its next contribution.
-    hit_value, nonce = await jackpot_secrets().get(pool.jackpot_id, pool.cycle)
+        return None
+    hit_value, nonce = secret or await jackpot_secrets().get(pool.jackpot_id, pool.cycle)
     if not jackpots.reached(_money(pool), hit_value):
-        return []
-    return [await _hit(batch, pool, winner, hit_value, nonce)]
+        return None
+    return await _hit(batch, pool, winner, hit_value, nonce)
+
+
+def _counted(pool: JackpotPool, source: str, game_id: str, count: int, amount_micro: int) -> None:
+    metrics.child(metrics.JACKPOT_CONTRIBUTIONS, pool.jackpot_id, source).inc(count)
+    metrics.child(metrics.JACKPOT_CONTRIBUTED, pool.jackpot_id, game_id).inc(amount_micro / MICRO)
 
 
 def _check_near_cap(batch: Batch, touched: Touched, currency: str) -> None:
@@ -364,26 +372,50 @@ def set_status(batch: Batch, command: SetJackpotStatus, pool: JackpotPool) -> No
 
 
 async def contribute_bets(batch: Batch, command: ContributeBets, pool: JackpotPool) -> None:
+    """A channel's accepted bets of one batch. The pool is staged, the counters counted and the
+    cycle's hit value fetched once per command (the value again only after a hit), not per bet:
+    this loop runs for every accepted bet."""
     definition = pool.definition
     watermarks = pool.watermarks if pool.watermarks is not None else {}
     pool.watermarks = watermarks
+    touched: Touched | None = None
+    secret: tuple[int, str] | None = None
+    secret_cycle = 0
+    must_hit_by = definition["trigger"] == "must_hit_by"
+    latency = metrics.child(metrics.JACKPOT_LATENCY, "bet")
+    count = total_micro = 0
     for item in command.items:
         partition = str(item["p"])
         if item["o"] < watermarks.get(partition, 0):
             continue                                  # delivered again: applied already
         watermarks[partition] = item["o"] + 1
-        _touch(batch, pool)
+        if touched is None:
+            touched = _touch(batch, pool)
         reason = "paused" if pool.status != "active" else (
             "currency" if item["currency"] != definition["currency"] else "")
         if reason:
             metrics.JACKPOT_REFUSED.labels(jackpot_id=pool.jackpot_id, reason=reason).inc()
             continue
-        entry = {"key": f"bet:{item['bet_id']}", "source": "bet", "game_id": command.channel_id,
-                 "user_id": item["user_id"], "bet_id": item["bet_id"], "term_id": item["term_id"], "ts": item["ts"]}
+        amount_micro = jackpots.contribution_micro(item["amount"], definition["rate_bps"])
+        _add(batch, touched, {
+            "key": f"bet:{item['bet_id']}", "source": "bet", "game_id": command.channel_id,
+            "user_id": item["user_id"], "bet_id": item["bet_id"], "term_id": item["term_id"], "ts": item["ts"],
+            "amount_micro": amount_micro})
+        count += 1
+        total_micro += amount_micro
+        latency.observe(max(0, batch.now - item["ts"]) / 1000)
+        if not must_hit_by:
+            continue
+        if secret is None or secret_cycle != pool.cycle:
+            secret, secret_cycle = await jackpot_secrets().get(pool.jackpot_id, pool.cycle), pool.cycle
         winner = {"source": "bet", "channel_id": command.channel_id, "term_id": item["term_id"],
                   "bet_id": item["bet_id"], "user_id": item["user_id"]}
-        await _contribute(batch, pool, jackpots.contribution_micro(item["amount"], definition["rate_bps"]),
-                          entry, winner)
+        if await _hit_if_reached(batch, pool, winner, secret) is not None:
+            # The hit started a new cycle, perhaps with a new definition.
+            definition = pool.definition
+            must_hit_by = definition["trigger"] == "must_hit_by"
+    if count:
+        _counted(pool, "bet", command.channel_id, count, total_micro)
 
 
 async def contribute_rest(batch: Batch, command: ContributeRest, pool: JackpotPool | None, partition: int) -> None:
@@ -408,11 +440,15 @@ async def contribute_rest(batch: Batch, command: ContributeRest, pool: JackpotPo
     if pool.definition["trigger"] == "must_hit_by" and not command.player_id:
         _reply(batch, command, pool, "refused", "player_required")
         return
-    entry = {"key": f"rest:{command.contribution_id}", "source": "rest", "game_id": command.game_id,
-             "user_id": command.player_id, "bet_id": "", "term_id": "", "ts": command.ts}
-    winner = {"source": "rest", "user_id": command.player_id, "session_id": command.session_id}
-    awards = await _contribute(batch, pool, command.amount * MICRO, entry, winner)
-    reply = _reply(batch, command, pool, "accepted", award=awards[0] if awards else None)
+    amount_micro = command.amount * MICRO
+    _add(batch, _touch(batch, pool), {
+        "key": f"rest:{command.contribution_id}", "source": "rest", "game_id": command.game_id,
+        "user_id": command.player_id, "bet_id": "", "term_id": "", "ts": command.ts, "amount_micro": amount_micro})
+    _counted(pool, "rest", command.game_id, 1, amount_micro)
+    metrics.child(metrics.JACKPOT_LATENCY, "rest").observe(max(0, batch.now - command.ts) / 1000)
+    award = await _hit_if_reached(batch, pool, {"source": "rest", "user_id": command.player_id,
+                                                "session_id": command.session_id})
+    reply = _reply(batch, command, pool, "accepted", award=award)
     _remember(batch, partition, key, {"content": content, "reply": _stored(reply)})
 
 
