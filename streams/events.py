@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-import faust
+from streams.records import PlainRecord
 
 
-class Message(faust.Record, abstract=True, include_metadata=False):
+class Message(PlainRecord, abstract=True, include_metadata=False):
     event_id: str
     channel_id: str
     ts: int

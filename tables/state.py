@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-import faust
-
 from streams.app import app
+from streams.records import PlainRecord
 
 
-class State(faust.Record, abstract=True, include_metadata=False, serializer="json"):
+class State(PlainRecord, abstract=True, include_metadata=False, serializer="json"):
     pass
 
 
