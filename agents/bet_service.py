@@ -58,7 +58,10 @@ class OrderIndex:
 
     def __init__(self) -> None:
         self.groups: dict[str, dict[int, list[str]]] = {}         # channel -> group (term seq) -> keys
-        self.live: dict[tuple[str, str], dict[str, set[str]]] = {}  # (channel, term) -> user -> orders
+        # (channel, term) -> user -> orders, as plain tuples: the garbage collector stops tracking
+        # a tuple of strings once it has seen it, a set is walked by every full collection, and a
+        # term holds one per player (see streams.settlement.Bets).
+        self.live: dict[tuple[str, str], dict[str, tuple[str, ...]]] = {}
 
     @classmethod
     def of_table(cls) -> OrderIndex:
@@ -73,14 +76,19 @@ class OrderIndex:
         self.groups.setdefault(order.channel_id, {}).setdefault(order.group, []).append(key)
         if order.status == "placed":
             users = self.live.setdefault((order.channel_id, order.term_id), {})
-            users.setdefault(order.user_id, set()).add(order.api_order_no)
+            held = users.get(order.user_id, ())
+            if order.api_order_no not in held:
+                users[order.user_id] = (*held, order.api_order_no)
 
-    def user_orders(self, channel_id: str, term_id: str, user_id: str) -> set[str] | frozenset[str]:
+    def user_orders(self, channel_id: str, term_id: str, user_id: str) -> tuple[str, ...]:
         """The player's live orders in the term (a read: it stores nothing for a new player)."""
-        return self.live.get((channel_id, term_id), {}).get(user_id, frozenset())
+        return self.live.get((channel_id, term_id), {}).get(user_id, ())
 
     def cancelled(self, order: Order) -> None:
-        self.live.get((order.channel_id, order.term_id), {}).get(order.user_id, set()).discard(order.api_order_no)
+        users = self.live.get((order.channel_id, order.term_id), {})
+        held = users.get(order.user_id)
+        if held is not None:
+            users[order.user_id] = tuple(no for no in held if no != order.api_order_no)
 
     def pruned(self, order: Order) -> None:
         self.live.pop((order.channel_id, order.term_id), None)

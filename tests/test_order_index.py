@@ -19,11 +19,11 @@ def test_live_bets_count_placed_orders_of_the_term_only():
     for o in (order("a"), order("b"), order("r", status="rejected"), order("x", user="u2"),
               order("old", term="t0", group=0)):
         index.add(f"c/{o.api_order_no}", o)
-    assert index.user_orders("c", "t1", "u1") == {"a", "b"}
-    assert index.user_orders("c", "t1", "u2") == {"x"}
-    assert index.user_orders("c", "t0", "u1") == {"old"}
+    assert set(index.user_orders("c", "t1", "u1")) == {"a", "b"}
+    assert index.user_orders("c", "t1", "u2") == ("x",)
+    assert index.user_orders("c", "t0", "u1") == ("old",)
     index.cancelled(order("a"))
-    assert index.user_orders("c", "t1", "u1") == {"b"}
+    assert index.user_orders("c", "t1", "u1") == ("b",)
 
 
 def test_the_index_rebuilt_from_the_table_is_the_index_kept_by_the_decisions(monkeypatch):
@@ -39,7 +39,7 @@ def test_the_index_rebuilt_from_the_table_is_the_index_kept_by_the_decisions(mon
     rebuilt = OrderIndex.of_table()
     assert rebuilt.groups == kept.groups == {"c": {1: ["c/a", "c/b", "c/c"], 2: ["c/r", "c/d"]}}
     assert rebuilt.live == {k: v for k, v in kept.live.items()}
-    assert rebuilt.user_orders("c", "t1", "u1") == {"a", "c"}
+    assert set(rebuilt.user_orders("c", "t1", "u1")) == {"a", "c"}
 
 
 def test_pruning_a_term_forgets_its_live_bets():
@@ -47,5 +47,5 @@ def test_pruning_a_term_forgets_its_live_bets():
     index.add("c/a", order("a"))
     index.add("c/n", order("n", term="t2", group=2))
     index.pruned(order("a"))
-    assert index.user_orders("c", "t1", "u1") == set()
-    assert index.user_orders("c", "t2", "u1") == {"n"}
+    assert index.user_orders("c", "t1", "u1") == ()
+    assert index.user_orders("c", "t2", "u1") == ("n",)

@@ -114,7 +114,7 @@ def test_cancelled_bets_count_nowhere_and_rebuilding_gives_the_same_book():
     b.advance(t_at(160))
     rebuilt = Book("t-1")
     for one in b.bets.values():
-        rebuilt.load(BookBet(**{**one.__dict__}))
+        rebuilt.load(BookBet(**one._asdict()))
     rebuilt.set_header(FLYING_AT, str(G), {"EUR": 10**12})
     assert rebuilt.settle(100, False)[2] == b.settle(100, False)[2] == {
         "EUR": {"bets": 1, "stakes": 1000, "payouts": 1500, "refunds": 0, "house_result": -500}}
@@ -132,9 +132,8 @@ def test_bet_from_placed_reads_the_event():
 def test_the_podium_is_the_best_cashouts_per_currency_ties_to_the_earlier_bet():
     bets = [bet("late-tie", 100, 200), bet("early-tie", 100, 200), bet("best", 100, 250), bet("low", 100, 110),
             bet("lost", 100, 400), bet("usd", 100, 120, currency="USD")]
-    for placed_at, one in enumerate(bets):
-        one.placed_at = 1_000 - placed_at            # the later in the list, the earlier received
-    bets[0].placed_at, bets[1].placed_at = 20, 10
+    bets = [one._replace(placed_at=1_000 - i) for i, one in enumerate(bets)]   # later in the list, received earlier
+    bets[0], bets[1] = bets[0]._replace(placed_at=20), bets[1]._replace(placed_at=10)
     b = book(*bets, caps={"EUR": 10**12, "USD": 10**12})
     b.settle(end_x100=300, aborted=False)
     podium = b.podium()
