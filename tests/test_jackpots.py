@@ -46,7 +46,9 @@ class WebhookReceiver:
         self.refused: list[str] = []
         self.port = free_port()
         self.runner: web.AppRunner | None = None
-        self.fail_first = 0
+        # jackpot_id -> how many of its notices to refuse first (per jackpot: another test's
+        # notice arriving meanwhile must not use up this one's failures)
+        self.fail_first: dict[str, int] = {}
         self.url = ""
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -57,10 +59,11 @@ class WebhookReceiver:
         except SignatureError as error:
             self.refused.append(str(error))
             return web.json_response({"error": "unauthorized", "reason": str(error)}, status=401)
-        if self.fail_first > 0:
-            self.fail_first -= 1
+        notice = json.loads(body)
+        if self.fail_first.get(notice.get("jackpot_id"), 0) > 0:
+            self.fail_first[notice["jackpot_id"]] -= 1
             return web.json_response({"error": "busy"}, status=503)
-        self.notices.append({"key": request.headers["Idempotency-Key"], "key_id": caller.key_id, **json.loads(body)})
+        self.notices.append({"key": request.headers["Idempotency-Key"], "key_id": caller.key_id, **notice})
         return web.json_response({"ok": True})
 
     async def start(self) -> str:
@@ -418,7 +421,7 @@ async def test_near_cap_notice_once_per_cycle_signed_and_retried(pipe, webhook):
     jackpot_id = jid(pipe, "nearcap")
     await create_jackpot(pipe, jackpot_id=jackpot_id, tier="mega", currency="EUR", rate_bps=100, seed=1_000,
                          cap=2_000, trigger="external")
-    webhook.fail_first = 2                                     # the webhook is down at first: retried
+    webhook.fail_first[jackpot_id] = 2                         # the webhook is down at first: retried
     assert (await contribute(pipe, jackpot_id, 500))[0] == 200    # 75 % of the cap
     assert (await contribute(pipe, jackpot_id, 100))[0] == 200    # 80 %: the notice
     assert (await contribute(pipe, jackpot_id, 100))[0] == 200    # still near: no second notice
