@@ -197,15 +197,13 @@ def _add(batch: Batch, touched: Touched, entry: dict[str, Any]) -> None:
     _check_near_cap(batch, touched, pool.definition["currency"])
 
 
-async def _hit_if_reached(batch: Batch, pool: JackpotPool, winner: dict[str, Any],
-                          secret: tuple[int, str] | None = None) -> dict[str, Any] | None:
+async def _hit_if_reached(batch: Batch, pool: JackpotPool, winner: dict[str, Any]) -> dict[str, Any] | None:
     """After a contribution: the award it triggered ({award_id, amount, cycle}), if any.
     At most one hit per contribution: a cycle that starts at or above its hit value (a large
-    overflow) hits on its next contribution. `secret`: the cycle's (hit value, nonce) if the
-    caller holds it already."""
+    overflow) hits on its next contribution."""
     if pool.definition["trigger"] != "must_hit_by":
         return None
-    hit_value, nonce = secret or await jackpot_secrets().get(pool.jackpot_id, pool.cycle)
+    hit_value, nonce = await jackpot_secrets().get(pool.jackpot_id, pool.cycle)    # kept in memory
     if not jackpots.reached(_money(pool), hit_value):
         return None
     return await _hit(batch, pool, winner, hit_value, nonce)
@@ -372,16 +370,12 @@ def set_status(batch: Batch, command: SetJackpotStatus, pool: JackpotPool) -> No
 
 
 async def contribute_bets(batch: Batch, command: ContributeBets, pool: JackpotPool) -> None:
-    """A channel's accepted bets of one batch. The pool is staged, the counters counted and the
-    cycle's hit value fetched once per command (the value again only after a hit), not per bet:
-    this loop runs for every accepted bet."""
-    definition = pool.definition
+    """A channel's accepted bets of one batch. The pool is staged and the counters counted once
+    per command, not per bet: this loop runs for every accepted bet. A hit starts a new cycle,
+    perhaps with a new definition, which the command's later bets follow."""
     watermarks = pool.watermarks if pool.watermarks is not None else {}
     pool.watermarks = watermarks
     touched: Touched | None = None
-    secret: tuple[int, str] | None = None
-    secret_cycle = 0
-    must_hit_by = definition["trigger"] == "must_hit_by"
     latency = metrics.child(metrics.JACKPOT_LATENCY, "bet")
     count = total_micro = 0
     for item in command.items:
@@ -391,6 +385,7 @@ async def contribute_bets(batch: Batch, command: ContributeBets, pool: JackpotPo
         watermarks[partition] = item["o"] + 1
         if touched is None:
             touched = _touch(batch, pool)
+        definition = pool.definition
         reason = "paused" if pool.status != "active" else (
             "currency" if item["currency"] != definition["currency"] else "")
         if reason:
@@ -404,16 +399,9 @@ async def contribute_bets(batch: Batch, command: ContributeBets, pool: JackpotPo
         count += 1
         total_micro += amount_micro
         latency.observe(max(0, batch.now - item["ts"]) / 1000)
-        if not must_hit_by:
-            continue
-        if secret is None or secret_cycle != pool.cycle:
-            secret, secret_cycle = await jackpot_secrets().get(pool.jackpot_id, pool.cycle), pool.cycle
-        winner = {"source": "bet", "channel_id": command.channel_id, "term_id": item["term_id"],
-                  "bet_id": item["bet_id"], "user_id": item["user_id"]}
-        if await _hit_if_reached(batch, pool, winner, secret) is not None:
-            # The hit started a new cycle, perhaps with a new definition.
-            definition = pool.definition
-            must_hit_by = definition["trigger"] == "must_hit_by"
+        await _hit_if_reached(batch, pool, {"source": "bet", "channel_id": command.channel_id,
+                                            "term_id": item["term_id"], "bet_id": item["bet_id"],
+                                            "user_id": item["user_id"]})
     if count:
         _counted(pool, "bet", command.channel_id, count, total_micro)
 

@@ -63,7 +63,7 @@ class Bets(MutableMapping[str, BookBet]):
     def __getitem__(self, bet_id: str) -> BookBet:
         return BookBet._make(self._rows[bet_id])
 
-    def __setitem__(self, bet_id: str, bet: BookBet) -> None:
+    def __setitem__(self, bet_id: str, bet: tuple) -> None:
         self._rows[bet_id] = tuple(bet)
 
     def __delitem__(self, bet_id: str) -> None:
@@ -87,12 +87,6 @@ class Bets(MutableMapping[str, BookBet]):
 
     def row(self, bet_id: str) -> tuple:
         return self._rows[bet_id]
-
-    def put_row(self, bet_id: str, row: tuple) -> None:
-        self._rows[bet_id] = row
-
-    def is_open(self, bet_id: str) -> bool:
-        return self._rows[bet_id][_STATE] == "open"
 
 
 _BET_ID, _AMOUNT, _CURRENCY, _EXIT_MODE, _FORCED_REASON, _STATE, _PAYOUT, _COMMAND_ID = (
@@ -187,7 +181,7 @@ class Book:
         payout = money.payout(amount, multiple_x100)
         row = (*bet[:_CASHOUT.start], reason if mode == "forced" else "", "cashed", multiple_x100, payout, mode, at,
                command_id or bet[_COMMAND_ID], *bet[_CASHOUT.stop:])
-        self.bets.put_row(row[_BET_ID], row)
+        self.bets[row[_BET_ID]] = row              # tuple() of a plain tuple is that tuple: no copy
         self._open_stake[currency] -= amount
         self._paid[currency] = self._paid.get(currency, 0) + payout
         return BookBet._make(row)
@@ -199,7 +193,7 @@ class Book:
         for currency, heap in self._heaps.items():
             cap = self.header.caps.get(currency)
             while True:
-                while heap and not self.bets.is_open(heap[0][1]):
+                while heap and self.bets.row(heap[0][1])[_STATE] != "open":
                     heapq.heappop(heap)
                 stake = self._open_stake.get(currency, 0)
                 if stake <= 0 or not heap:
