@@ -29,13 +29,26 @@ async def engine(claims_db: str):
     await engine.dispose()
 
 
+@pytest.fixture
+async def new_claims(engine):
+    """A maker of claimers (one per gateway process), each closed at the end."""
+    made: list[OrderClaims] = []
+
+    def make() -> OrderClaims:
+        made.append(OrderClaims(engine))
+        return made[-1]
+    yield make
+    for claims in made:
+        await claims.close()
+
+
 def claim(number: str, channel: str = "ch-1", mode: str = "transfer", user: str = "u1", ts: int = 1000,
           group: str = "op") -> Claim:
     return Claim(group, number, channel, mode, user, ts)
 
 
-async def test_concurrent_claims_each_get_their_owner_in_few_transactions(engine):
-    claims = OrderClaims(engine)
+async def test_concurrent_claims_each_get_their_owner_in_few_statements(engine, new_claims):
+    claims = new_claims()
     firsts = [claim(f"o{i}", ts=1000 + i) for i in range(300)]
     # The same numbers again, as repeats on the same channel, on another channel, in the other mode.
     repeats = [claim("o1", ts=5000), claim("o2", channel="ch-2", ts=5001), claim("o3", mode="seamless", ts=5002)]
@@ -53,10 +66,10 @@ async def test_concurrent_claims_each_get_their_owner_in_few_transactions(engine
     assert rows == 301
 
 
-async def test_two_gateways_racing_for_the_same_numbers_agree_on_one_owner(engine):
+async def test_two_gateways_racing_for_the_same_numbers_agree_on_one_owner(engine, new_claims):
     # Two gateway processes (two claimers, two connection pools' worth of transactions) claim the
     # same 100 numbers for different channels at once, in opposite orders.
-    one, two = OrderClaims(engine), OrderClaims(engine)
+    one, two = new_claims(), new_claims()
     numbers = [f"race-{i}" for i in range(100)]
     first = [one.claim(claim(n, channel="ch-a", ts=1)) for n in numbers]
     second = [two.claim(claim(n, channel="ch-b", ts=2)) for n in reversed(numbers)]
@@ -71,8 +84,25 @@ async def test_two_gateways_racing_for_the_same_numbers_agree_on_one_owner(engin
     assert {n: next(iter(c)) for n, c in by_number.items()} == stored
 
 
-async def test_a_claim_the_database_refuses_fails_alone(engine):
-    claims = OrderClaims(engine)
+async def test_claims_go_on_when_the_database_drops_the_connection(engine, new_claims):
+    # MariaDB closes an idle connection after its wait_timeout, and a restart closes them all:
+    # the batch on the dead connection is written again on a fresh one, and no request fails.
+    claims = new_claims()
+    assert (await claims.claim(claim("before"))).is_claim(claim("before"))
+    async with engine.connect() as conn:
+        killed = (await conn.execute(text(
+            "SELECT id FROM information_schema.processlist WHERE db = DATABASE() AND id <> CONNECTION_ID()"
+            " AND command = 'Sleep'"))).scalars().all()
+        for connection_id in killed:
+            await conn.execute(text(f"KILL CONNECTION {int(connection_id)}"))
+    assert killed, "the claims' connection stays open between batches"
+    after = [claim(f"after-{i}", ts=2000 + i) for i in range(5)]
+    owners = await asyncio.gather(*(claims.claim(c) for c in after))
+    assert all(owner.is_claim(c) for owner, c in zip(owners, after, strict=True))
+
+
+async def test_a_claim_the_database_refuses_fails_alone(engine, new_claims):
+    claims = new_claims()
     too_long = claim("x" * 65)                     # api_order_no is VARCHAR(64): strict mode refuses it
     together = [claim("fine-0"), too_long, claim("fine-1")]
     results = await asyncio.gather(*(claims.claim(c) for c in together), return_exceptions=True)

@@ -69,7 +69,7 @@ class Gateway:
         # auth) and closed again per request (crash-bench --profile: a third of the gateway's
         # samples in claim_order at 500 bets/s). Enough connections stay open for the load.
         self.db = make_engine(settings.db_url, pool_size=24)
-        self.claims = OrderClaims(self.db)          # api_order claims, many per transaction
+        self.claims = OrderClaims(self.db)          # api_order claims, many per statement
         self.terms = TermFollower(settings, self.db)
         self.wallet = WalletClient.from_settings(settings)
         self.saga = DebitSaga(self.db, self.wallet, place=lambda c: self.decide(c, "player_place"),
@@ -90,6 +90,7 @@ class Gateway:
         await self.pipeline.stop()
         await self.redis.aclose()
         await self.wallet.close()
+        await self.claims.close()
         await self.db.dispose()
 
     async def decide(self, command: Command, op: str) -> CommandReply:
