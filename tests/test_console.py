@@ -24,7 +24,7 @@ import pytest
 from playwright.async_api import Page, expect
 from test_page import PHONE, Console, chromium, shot
 
-from harness import BIN, FAST_CONFIG, NO_FAULTS, create_jackpot, now_ms, taking_bets, wait_for
+from harness import BIN, FAST_CONFIG, NO_FAULTS, Process, create_jackpot, free_port, now_ms, taking_bets, wait_for
 from streams.cache import redis_client
 from web import accounts, sessions
 
@@ -55,8 +55,9 @@ async def crash_admin(pipe, *args: str, password: str | None = None) -> tuple[in
 class Operator:
     """One browser's worth of HTTP: its own cookie jar, from one local address."""
 
-    def __init__(self, pipe, address: str = "127.0.0.1") -> None:
+    def __init__(self, pipe, address: str = "127.0.0.1", base_url: str | None = None) -> None:
         self.pipe, self.csrf = pipe, ""
+        self.base_url = base_url or pipe.ops_url()
         self.http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True),
                                           connector=aiohttp.TCPConnector(local_addr=(address, 0)))
         # For a cookie given by hand (a forged or old one): no jar to add the session's own.
@@ -80,7 +81,7 @@ class Operator:
             headers["Cookie"] = f"crash_console={cookie}"
         data = json.dumps(body).encode() if body is not None else None
         http = self.http if cookie is None else self.bare
-        async with http.request(method, self.pipe.ops_url() + path, data=data, headers=headers,
+        async with http.request(method, self.base_url + path, data=data, headers=headers,
                                 timeout=aiohttp.ClientTimeout(total=30)) as resp:
             return resp.status, await resp.json(content_type=None), resp
 
@@ -215,6 +216,35 @@ async def test_an_operator_logs_in_with_a_short_lived_session_and_logs_out(pipe,
         # The old token, replayed after the logout: its signature is good, its session is gone.
         status, body, _ = await ops.request("GET", "/ops/session", cookie=token)
         assert status == 401 and body["error"] == "session_ended", body
+
+
+async def test_the_console_answers_503_while_its_redis_is_down(pipe, operators):
+    """The sessions and the failure counts live in Redis: an ops process that cannot reach it
+    refuses a login and a session's request with a 503 in JSON and a Retry-After, and lets no
+    one in unchecked."""
+    async with Operator(pipe) as ops:
+        status, body, _ = await ops.login("ops")
+        assert status == 200, body
+        token = ops.token()
+    port = free_port()
+    cut_off = Process("ops-no-redis", [str(BIN / "crash-ops"), "worker", "-l", "info"],
+                      {**pipe.env, "CRASH_WEB_PORT": str(port), "CRASH_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+                       "CRASH_APP_ID": f"{pipe.env['CRASH_APP_ID']}-no-redis",
+                       "CRASH_DATA_DIR": str(pipe.tmp / "faust-ops-no-redis")}, pipe._log("ops-no-redis"))
+    cut_off.start()
+    pipe.others["ops-no-redis"] = cut_off
+    try:
+        base_url = f"http://127.0.0.1:{port}"
+        await pipe.wait_http(f"{base_url}/ops/console")
+        async with Operator(pipe, base_url=base_url) as ops:
+            status, body, resp = await ops.login("ops")
+            assert (status, body["error"], resp.headers.get("Retry-After")) == (503, "unavailable", "5"), body
+            assert "session store" in body["reason"] and "Set-Cookie" not in resp.headers
+            status, body, resp = await ops.request("GET", "/ops/session", cookie=token)
+            assert (status, body["error"], resp.headers.get("Retry-After")) == (503, "redis_unavailable", "1"), body
+    finally:
+        cut_off.stop()
+        del pipe.others["ops-no-redis"]
 
 
 async def test_a_wrong_password_is_refused_in_words_and_audited(pipe, operators):
