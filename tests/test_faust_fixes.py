@@ -98,3 +98,48 @@ def test_the_prefetch_backoff_holds_fetches_back_only_for_partitions_faust_consu
     monkeypatch.setattr(faust_fixes, "_consumer", SimpleNamespace(_active_partitions={TP("game.command", 0)}))
     assert held.calculate_backoff() == 0
     assert waiting.calculate_backoff() > 29                     # a consumed partition still backs off
+
+
+async def test_the_workers_fetcher_asks_only_for_the_partitions_faust_consumes(base_settings, topic, monkeypatch):
+    """A worker is assigned its active tables' changelogs, which Faust reads only while it recovers
+    them: its fetch requests leave them out until then (each partition of a request costs the
+    fetcher's Python), and once Faust consumes one its records arrive from where it stood."""
+    from types import SimpleNamespace
+
+    from faust.types import TP
+
+    import streams.app  # noqa: F401  (installs the fixes)
+    stream, changelog = TopicPartition(topic, 0), TopicPartition(topic, 1)
+    consumers = []
+    for of_faust in (True, False):
+        consumer = AIOKafkaConsumer(bootstrap_servers=base_settings.kafka_bootstrap, auto_offset_reset="earliest",
+                                    enable_auto_commit=False)
+        if of_faust:
+            faust_fixes._faust_subscriptions.add(consumer._subscription)
+        await consumer.start()
+        consumer.assign([stream, changelog])
+        consumers.append(consumer)
+    worker, other = consumers
+    active = {TP(topic, 0)}
+    monkeypatch.setattr(faust_fixes, "_consumer", SimpleNamespace(_active_partitions=active))
+    try:
+        for consumer in consumers:
+            batch = await consumer.getmany(stream, timeout_ms=10_000)
+            assert [m.value for m in batch[stream]] == [b"m0", b"m1", b"m2"]
+            await consumer.getmany(stream, timeout_ms=300)         # more fetches go meanwhile
+        assert changelog not in worker._fetcher._records, "the worker fetched a partition Faust does not consume"
+        assert await _fetched(other, changelog) == [b"m0", b"m1", b"m2"]   # any other consumer: as before
+        active.add(TP(topic, 1))                                    # Faust resumes it to recover the table
+        assert await _fetched(worker, changelog) == [b"m0", b"m1", b"m2"]
+    finally:
+        for consumer in consumers:
+            await consumer.stop()
+
+
+async def _fetched(consumer: AIOKafkaConsumer, tp: TopicPartition) -> list[bytes]:
+    values: list[bytes] = []
+    for _ in range(50):
+        values += [m.value for m in (await consumer.getmany(tp, timeout_ms=200)).get(tp, [])]
+        if len(values) >= 3:
+            break
+    return values
