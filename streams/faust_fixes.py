@@ -185,7 +185,7 @@ def _backoff_if_consumed(calculate):
 
 
 # Every fetch request of the worker named every partition assigned to it: with 8 partitions a
-# topic, 80 of them, of which only the 16 of game.command and game.jackpot.command were consumed;
+# topic, ~78 of them, of which only the 16 of game.command and game.jackpot.command were consumed;
 # the rest were the active tables' changelogs (8 tables), which Faust reads only while it recovers
 # them. aiokafka encodes the request and decodes each partition of the answer in Python, once per
 # fetch, and at a few hundred gateway bets/s a fetch returns every command or two: the consumer
