@@ -221,12 +221,16 @@ async def test_a_player_plays_rounds_on_the_page(stack, browser):
         await shot(page, "07-refused-with-reason")
         console.expected = None
 
-        # ---- a bet queued while the round flies is placed in the next one (a round that flies
-        # to 3.00x or more, 3.7 s: after a low crash the 0.8 s cooldown can open the next round
-        # before the click lands on a loaded machine, and the bet is then placed, not queued)
+        # ---- a bet queued while the round flies is placed in the next one: the click lands in
+        # the take-off or the flight of a round known to fly to 3.00x or more (3.7 s), as the page
+        # shows it (a page a second behind still shows the previous flight while the next round
+        # already takes bets, and a bet is then placed at once, not queued)
         await page.get_by_test_id("amount-0").fill("1.00")
-        await next_term(pipe, channel, crash_of, lambda c: c >= 300, window_left_ms=0)
-        await expect(page.get_by_test_id("phase")).to_have_text(re.compile("Flying|Taking off"), timeout=30_000)
+        flight, _ = await next_term(pipe, channel, crash_of, lambda c: c >= 300, window_left_ms=0)
+        await page.wait_for_function(
+            "id => { const t = window.crashPage.term; return t && t.term_id === id && "
+            "(t.state === 'starting' || t.state === 'flying'); }", arg=flight["term_id"], timeout=30_000)
+        await expect(page.get_by_test_id("phase")).to_have_text(re.compile("Flying|Taking off"), timeout=5_000)
         await page.get_by_test_id("action-0").click()
         await expect(page.get_by_test_id("msg-0")).to_contain_text("Queued", timeout=5_000)
         await shot(page, "08-queued-for-next-round")
