@@ -227,9 +227,7 @@ async def test_a_player_plays_rounds_on_the_page(stack, browser):
         # already takes bets, and a bet is then placed at once, not queued)
         await page.get_by_test_id("amount-0").fill("1.00")
         flight, _ = await next_term(pipe, channel, crash_of, lambda c: c >= 300, window_left_ms=0)
-        await page.wait_for_function(
-            "id => { const t = window.crashPage.term; return t && t.term_id === id && "
-            "(t.state === 'starting' || t.state === 'flying'); }", arg=flight["term_id"], timeout=30_000)
+        await page_shows(page, flight["term_id"], ("starting", "flying"))
         await expect(page.get_by_test_id("phase")).to_have_text(re.compile("Flying|Taking off"), timeout=5_000)
         await page.get_by_test_id("action-0").click()
         await expect(page.get_by_test_id("msg-0")).to_contain_text("Queued", timeout=5_000)
@@ -279,9 +277,11 @@ async def test_a_player_plays_rounds_on_the_page(stack, browser):
         # ---- frames stop (the push gateway stalls, its socket stays open): the curve freezes
         # where the last frame left it, with a lag notice, and goes on when frames come back
         # (a crash point of 5.00x or more: 4 s of flight, so the stop lands before the crash
-        # even when the page shows "Flying" late on a loaded machine)
-        await next_term(pipe, channel, crash_of, lambda c: c >= 500, window_left_ms=0)
-        await expect(page.get_by_test_id("phase")).to_have_text("Flying", timeout=30_000)
+        # even when the page shows "Flying" late on a loaded machine; and that round's flight as
+        # the page shows it, not the previous one on a page a second behind)
+        flight, _ = await next_term(pipe, channel, crash_of, lambda c: c >= 500, window_left_ms=0)
+        await page_shows(page, flight["term_id"], ("flying",))
+        await expect(page.get_by_test_id("phase")).to_have_text("Flying", timeout=5_000)
         assert push.proc is not None and push.proc.proc is not None
         os.killpg(push.proc.proc.pid, signal.SIGSTOP)
         try:
@@ -316,6 +316,13 @@ async def test_a_player_plays_rounds_on_the_page(stack, browser):
     finally:
         await page.close()
         await wallet.close()
+
+
+async def page_shows(page: Page, term_id: str, states: tuple[str, ...]) -> None:
+    """Wait until the page itself holds this round in one of these states."""
+    await page.wait_for_function(
+        "([id, states]) => { const t = window.crashPage.term; return !!t && t.term_id === id && "
+        "states.includes(t.state); }", arg=[term_id, list(states)], timeout=30_000)
 
 
 async def jackpot_ticker(pipe, page: Page, console: Console, J) -> None:
