@@ -46,6 +46,7 @@ from tables.chain_store import chain_store
 log = logging.getLogger(__name__)
 
 ENDED = ("crashed", "aborted", "closed")
+NO_STEP = 2**62               # ChannelState.wake_at when nothing is scheduled
 # A crash processed this much later than its scheduled time was settled by a takeover.
 RECOVERED_AFTER_MS = 2000
 # A term due while the worker was held up (a pause, a slow broker ack) keeps its scheduled
@@ -82,7 +83,12 @@ def _pause_after_end(config: dict) -> int:
 # ---------------------------------------------------------------- the schedule
 
 async def advance(ctx: CommandContext) -> None:
-    """Drive the channel's current term along its schedule up to the channel's clock."""
+    """Drive the channel's current term along its schedule up to the channel's clock, and note
+    when the schedule has its next step (`ChannelState.wake_at`, read by the clock)."""
+    ctx.channel.wake_at = _next_step(await _advance(ctx))
+
+
+async def _advance(ctx: CommandContext) -> TermState | None:
     channel = ctx.channel
     clock = channel.clock
     term = ctx.term()
@@ -91,7 +97,7 @@ async def advance(ctx: CommandContext) -> None:
                             and clock >= term.next_term_at):
             created = _create_term(ctx, term)
             if created is None:
-                return
+                return term
             term = created
             continue
         if term.state == "pre_start" and clock >= term.bets_close_at:
@@ -108,12 +114,28 @@ async def advance(ctx: CommandContext) -> None:
                 _crash(ctx, term, proof, crash_at)
                 continue
             _progress(ctx, term, crash_at)
-            return
+            return term
         if term.state in ("crashed", "aborted") and not term.book_sealed:
             if clock >= term.ended_at + term.config["grace_ms"]:
                 await _seal(ctx, term)
                 continue
-        return
+        return term
+
+
+def _next_step(term: TermState | None) -> int:
+    """The channel time of the schedule's next step: 0 while the term flies (every tick pays the
+    autos due and may crash it), NO_STEP when only a command can move it (a chain used up)."""
+    if term is None:
+        return NO_STEP
+    if term.state == "pre_start":
+        return term.bets_close_at
+    if term.state == "starting":
+        return term.flying_at
+    if term.state == "flying":
+        return 0
+    if not term.book_sealed:
+        return term.ended_at + term.config["grace_ms"]
+    return term.next_term_at if term.next_term_at is not None else NO_STEP
 
 
 def _create_term(ctx: CommandContext, previous: TermState | None) -> TermState | None:

@@ -97,7 +97,8 @@ class Settings:
     session_timeout_ms: int = field(default_factory=lambda: _env_int("CRASH_SESSION_TIMEOUT_MS", 10000))
     # The clock's Tick per owned channel: time for the orchestrator's schedule (a transition, the
     # crash, the bet stream's watermark that pays the autos, is processed within this much of its
-    # time). The TermTicks players see have a clock of their own (agents/flight_clock.py).
+    # time; a channel with no step due ticks once a second, agents/commands.py). The TermTicks
+    # players see have a clock of their own (agents/flight_clock.py).
     tick_interval_ms: int = field(default_factory=lambda: _env_int("CRASH_TICK_INTERVAL_MS", 50))
     # How long the workers' producer waits to fill a produce request: aiokafka encodes each
     # request in Python, so fewer, fuller requests cost less CPU per message (crash-bench).

@@ -36,6 +36,9 @@ class ChannelState(State):
     last_revealed: str = ""      # h of the newest revealed term: the next term's commitment
     current_term_id: str = ""
     clock: int = 0               # event time of the channel: the newest command time seen
+    # The channel time of its schedule's next step (a term's state change, the seal of its bet
+    # stream, the next term); 0 while a term flies: the clock Ticks at or after it (agents/commands.py).
+    wake_at: int = 0
     # The newest receive time among the orders pruned from `orders` (their terms are recorded in
     # MySQL): an order first claimed at or before it may be one of them (see agents/bet_service.py).
     history_before: int = 0

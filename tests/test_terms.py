@@ -17,6 +17,7 @@ from harness import (
     FAST_CONFIG,
     first_ms_at,
     independent_crash_x100,
+    peek_crash_points,
     wait_consumed,
     wait_for,
 )
@@ -104,6 +105,27 @@ async def _ticks_on_their_slots(pipe, channel_id: str, closed: list[dict], growt
             assert tick.ts < term["crash_at"]
             assert tick.multiple_x100 == max(100, math.floor(100 * math.exp(growth * tick.elapsed_ms)))
             assert tick.multiple_x100 < term["crash_x100"]
+
+
+async def test_the_clock_ticks_a_waiting_channel_once_a_second_and_a_flight_at_every_interval(pipe):
+    """Time reaches a channel as Ticks on game.command: while its term takes bets (here for 4 s)
+    nothing is due before the window closes, so one a second; while it flies, one every tick
+    interval (50 ms), which pays the autos due and finds the crash. The steps still happen at
+    their scheduled times (the test above)."""
+    config = _config(betting_ms=4000, max_multiple_x100=500)
+    channel_id = await pipe.create_channel("ticks", **config)
+    crash_of = await peek_crash_points(pipe, channel_id, config)
+    long_flight = next(seq for seq in range(1, 100) if crash_of(seq) >= 150)     # 1 s or more in the air
+    terms = await pipe.wait_closed_terms(channel_id, max(2, long_flight), timeout=240)
+    ticks = [record.ts for record, _, _, _ in await pipe.read_topic("game.command", key=channel_id)
+             if type(record).__name__ == "Tick"]
+    for term in terms:
+        waiting = [ts for ts in ticks if term["created_at"] + 100 <= ts < term["bets_close_at"] - 100]
+        assert 2 <= len(waiting) <= 5, (term["term_id"], waiting)
+        if term["seq"] == long_flight:
+            flight_ms = term["crash_at"] - term["flying_at"]
+            flight = [ts for ts in ticks if term["flying_at"] <= ts < term["crash_at"]]
+            assert flight_ms >= 1000 and len(flight) >= flight_ms / 50 / 2, (term["term_id"], flight_ms, flight)
 
 
 async def test_running_term_shows_no_crash_point(pipe):
