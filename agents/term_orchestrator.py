@@ -124,7 +124,9 @@ async def _advance(ctx: CommandContext) -> TermState | None:
 
 def _next_step(term: TermState | None) -> int:
     """The channel time of the schedule's next step: 0 while the term flies (every tick pays the
-    autos due and may crash it), NO_STEP when only a command can move it (a chain used up)."""
+    autos due and may crash it), NO_STEP when only a command can move it (no term yet: the chain
+    ran out before the first). A chain that runs out after a term leaves that term's next-term
+    time, already past, so the channel ticks at every interval until a chain is published."""
     if term is None:
         return NO_STEP
     if term.state == "pre_start":
