@@ -30,7 +30,8 @@ from streams.admin import changelog_topics, create_topics
 from streams.settings import Settings
 from web.signing import sign_headers
 
-__all__ = ["Proc", "Deployment", "free_port", "wait_for", "cpu_seconds", "infra_pids"]
+__all__ = ["Proc", "Deployment", "free_port", "wait_for", "cpu_seconds", "tree_cpu", "box_cpu", "box_busy",
+           "infra_pids"]
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -50,6 +51,50 @@ def cpu_seconds(pid: int) -> float | None:
     except (FileNotFoundError, ProcessLookupError):
         return None
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def descendants(pid: int) -> list[int]:
+    """The live processes under `pid` (a gateway's SO_REUSEPORT children, say), depth first."""
+    found: list[int] = []
+    try:
+        children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+                    for c in (task / "children").read_text().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        return found
+    for child in children:
+        found += [child, *descendants(child)]
+    return found
+
+
+def tree_cpu(pid: int) -> tuple[tuple[int, ...], float] | None:
+    """(the pids, their CPU seconds so far) of a process and its live descendants: a process
+    that runs its work in children is one figure (None once the process is gone)."""
+    own = cpu_seconds(pid)
+    if own is None:
+        return None
+    pids, total = [pid], own
+    for child in descendants(pid):
+        cpu = cpu_seconds(child)
+        if cpu is not None:
+            pids.append(child)
+            total += cpu
+    return tuple(pids), total
+
+
+def box_cpu() -> tuple[float, float]:
+    """(busy, elapsed) CPU seconds of the whole machine so far, summed over its cores, from the
+    first line of /proc/stat: busy is everything but idle and iowait, so it counts what no
+    process figure holds (the load generator, the kernel's softirq work for loopback traffic)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    elapsed = sum(fields[:8])        # user nice system idle iowait irq softirq steal
+    return (elapsed - fields[3] - fields[4]) / CLOCK_TICKS, elapsed / CLOCK_TICKS
+
+
+def box_busy(before: tuple[float, float], after: tuple[float, float]) -> dict[str, float]:
+    """The machine's busy CPU seconds between two box_cpu() readings, and their share of all
+    its cores (1.0: every core busy the whole time)."""
+    busy, elapsed = after[0] - before[0], after[1] - before[1]
+    return {"busy_cpu_s": round(busy, 2), "busy_share": round(busy / elapsed, 3) if elapsed > 0 else 0.0}
 
 
 def infra_pids() -> dict[str, int]:

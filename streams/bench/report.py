@@ -41,6 +41,7 @@ def rows_of(results: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
             ("  sink lag at the end / drain", "rows / s",
              f"{s.get('mysql_lag_at_end')} / {s.get('mysql_drain_s')}", ""),
             ("jackpot contributions (3 pools fed)", "/s", s.get("jackpot_contributions_per_s"), ""),
+            ("  machine busy (share of all cores)", "", _box(s).strip(), ""),
         ]
         for name, per in sorted((s.get("cpu_s_per_1000_bets") or {}).items()):
             out.append((f"  CPU per 1,000 bets: {name}", "s", per, ""))
@@ -49,7 +50,7 @@ def rows_of(results: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
         ok = step["errors"] == 0 and (step["p99_ms"] or 1e9) <= 150
         out.append((f"gateway open-loop {step['offered_per_s']}/s: achieved, p50/p99/max, errors", "ms",
                     f"{step['achieved_per_s']}/s  {_ms(step['p50_ms'])}/{_ms(step['p99_ms'])}/{_ms(step['max_ms'])}"
-                    f"  err {step['errors']}", "ok" if ok else "over"))
+                    f"  err {step['errors']}{_box(step)}", "ok" if ok else "over"))
     if g:
         out.append(("gateway: highest offered rate with p99 <= 150 ms", "/s", g.get("highest_rate_p99_le_150ms"),
                     "target 2000"))
@@ -89,6 +90,12 @@ def rows_of(results: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
                     f"{f.get('p50_ms')}/{f.get('p99_ms')}" if "p99_ms" in f else f.get("skipped", "no figure"),
                     "target p99 100"))
     return out
+
+
+def _box(figures: dict[str, Any]) -> str:
+    """'  box 97 %': how busy the whole machine was during the phase (older files: nothing)."""
+    share = (figures.get("box") or {}).get("busy_share")
+    return "" if share is None else f"  box {share * 100:.0f} %"
 
 
 def _ms(value: Any) -> str:

@@ -15,7 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streams.bench.deploy import REPO, Deployment, Proc, cpu_seconds, free_port, infra_pids, wait_for
+from streams.bench.deploy import (
+    REPO,
+    Deployment,
+    Proc,
+    box_busy,
+    box_cpu,
+    free_port,
+    infra_pids,
+    tree_cpu,
+    wait_for,
+)
 
 __all__ = ["Run", "quantile", "next_rate", "CHANNEL_CONFIG"]
 
@@ -149,15 +159,17 @@ class Run:
         self.accepted.setdefault(dep.database, set()).update((a[0], a[1]) for a in accepted)
 
     @staticmethod
-    def cpu(dep: Deployment) -> dict[str, tuple[int, float]]:
-        """{process: (pid, CPU seconds so far)} of the pipeline's and the servers' processes."""
+    def cpu(dep: Deployment) -> dict[str, tuple[tuple[int, ...], float]]:
+        """{process: (pids, CPU seconds so far)} of the pipeline's and the servers' processes, each
+        with its children (the gateway's CRASH_GATEWAY_PROCESSES are one figure)."""
         pids = {name: proc.pid for name, proc in dep.procs.items() if not name.startswith("load-") and proc.alive}
         pids.update(infra_pids())
-        return {name: (pid, cpu) for name, pid in pids.items() if (cpu := cpu_seconds(pid)) is not None}
+        return {name: tree for name, pid in pids.items() if (tree := tree_cpu(pid)) is not None}
 
     @staticmethod
-    def cpu_delta(before: dict[str, tuple[int, float]], after: dict[str, tuple[int, float]]) -> dict[str, float]:
-        # A process restarted in between (another pid: a test stopping the shared Redis, say)
+    def cpu_delta(before: dict[str, tuple[tuple[int, ...], float]],
+                  after: dict[str, tuple[tuple[int, ...], float]]) -> dict[str, float]:
+        # A process restarted in between (other pids: a test stopping the shared Redis, say)
         # has no figure rather than a meaningless difference.
         return {k: round(after[k][1] - before[k][1], 2) for k in after if k in before and before[k][0] == after[k][0]}
 
@@ -224,14 +236,14 @@ class Run:
                 except TimeoutError:
                     pass
 
-        cpu0 = self.cpu(dep)
+        cpu0, box0 = self.cpu(dep), box_cpu()
         sampler = asyncio.create_task(sample_mysql())
         profiles = self.profile(dep, seconds, "sustained")
         t0 = time.perf_counter()
         load = asyncio.create_task(self.load(dep, "kafka", channel=",".join(channels), seconds=seconds,
                                              window=window, users=50_000, tag="p", drain_s=300))
         await asyncio.sleep(seconds)
-        cpu1 = self.cpu(dep)
+        cpu1, box1 = self.cpu(dep), box_cpu()
         contributed = contributions.items if contributions is not None else 0
         result = await load
         t1 = time.perf_counter()
@@ -254,9 +266,9 @@ class Run:
             "mysql_lag_at_end": result["answered"] - mysql_in_window,
             "mysql_drain_s": drained,
             "decision_latency_ms": latency_figures(result["latencies_ms"]),
-            "cpu_s": self.cpu_delta(cpu0, cpu1), "load_cpu_s": round(result["cpu_s"], 2),
+            "cpu_s": self.cpu_delta(cpu0, cpu1), "load_cpu_s": round(result["cpu_s"], 2), "box": box_busy(box0, box1),
         }
-        figures["cpu_s_per_1000_bets"] = {k: round(v / max(1, in_time) * 1000, 3) for k, v in figures["cpu_s"].items()}
+        figures["cpu_s_per_1000_bets"] = _per_1000(figures, in_time)
         if contributions is not None:
             figures["jackpot_contributions_in_window"] = contributed
             figures["jackpot_contributions_per_s"] = round(contributed / seconds)
@@ -290,19 +302,20 @@ class Run:
 
     async def gateway_step(self, dep: Deployment, rate: int, seconds: float) -> dict[str, Any]:
         channel = await self.new_channel(dep, f"g{rate}")
-        cpu0 = self.cpu(dep)
+        cpu0, box0 = self.cpu(dep), box_cpu()
         profiles = self.profile(dep, seconds, f"gateway{rate}")
         result = await self.load(dep, "http", procs=2 if rate >= 2000 else 1, kind="bet", port=dep.gateway_port,
                                  channel=channel, rate=rate, seconds=seconds, tag=f"g{rate}", users=50_000,
                                  uvloop=True)
-        cpu1 = self.cpu(dep)
+        cpu1, box1 = self.cpu(dep), box_cpu()
         accepted = len(result["accepted"])
         step = {"offered_per_s": rate, "sent": result["sent"],
                 "achieved_per_s": round(accepted / max(1e-9, result["send_s"])),
                 **latency_figures(result["latencies_ms"]), "errors": result["sent"] - accepted,
                 "outcomes": {k: v for k, v in result["outcomes"].items() if not k.startswith("200")},
-                "cpu_s": self.cpu_delta(cpu0, cpu1), "load_cpu_s": round(result["cpu_s"], 2)}
-        step["cpu_s_per_1000_bets"] = {k: round(v / max(1, accepted) * 1000, 3) for k, v in step["cpu_s"].items()}
+                "cpu_s": self.cpu_delta(cpu0, cpu1), "load_cpu_s": round(result["cpu_s"], 2),
+                "box": box_busy(box0, box1)}
+        step["cpu_s_per_1000_bets"] = _per_1000(step, accepted)
         if profiles:
             step["profiles"] = await self.profile_summaries(profiles)
         await asyncio.sleep(2)
@@ -525,6 +538,13 @@ class Run:
         if missing:
             self.errors.append(f"{len(missing)} accepted bets are not in MySQL ({dep.name}),"
                                f" e.g. {sorted(missing)[:3]}")
+
+
+def _per_1000(figures: dict[str, Any], bets: int) -> dict[str, float]:
+    """CPU seconds per 1,000 bets of each process, of the load generator, and of the whole
+    machine (`box`: every process and the kernel, so more than the sum of the others)."""
+    cpu = {**figures["cpu_s"], "load generator": figures["load_cpu_s"], "box": figures["box"]["busy_cpu_s"]}
+    return {k: round(v / max(1, bets) * 1000, 3) for k, v in cpu.items()}
 
 
 def _steady_rate(timeline: list[list[float]], seconds: float) -> int | None:
