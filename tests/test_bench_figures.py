@@ -1,5 +1,6 @@
 """crash-bench's machine-wide CPU figure: what the per-process figures cannot show (the load
 generator, the kernel's work for loopback traffic), so that a saturated box is seen as one."""
+import asyncio
 import os
 import subprocess
 import sys
@@ -55,3 +56,14 @@ def test_a_process_figure_counts_its_children():
         assert cpu - cpu_seconds(parent.pid) >= 0.55     # the child's spin, not the parent's
     finally:
         parent.communicate(b"\n", timeout=20)
+
+
+def test_a_step_waits_for_a_quiet_machine_but_not_for_ever():
+    from streams.bench.runs import quiet_machine
+
+    started = time.monotonic()
+    busy = asyncio.run(quiet_machine(share=1.0, timeout_s=30, interval_s=0.2))
+    assert 0 <= busy <= 1 and time.monotonic() - started < 5      # quiet enough at once
+    started = time.monotonic()
+    asyncio.run(quiet_machine(share=-1.0, timeout_s=1.0, interval_s=0.2))     # never quiet enough
+    assert 1.0 <= time.monotonic() - started < 10

@@ -56,6 +56,11 @@ def latency_figures(values: list[float]) -> dict[str, float | None]:
 # After the ladder of offered rates, at most this many more steps look for the highest rate that
 # meets a latency bound, between the highest rate that met it and the lowest that did not.
 REFINE_STEPS = 3
+# A latency step starts once the machine has been at most this busy (share of all its cores) for
+# a second, or after QUIET_TIMEOUT_S: the settlement of the sustained phase's 35,000-bet term and
+# the sink's catching up took 0.9 of the box into the next phase's first steps (2026-12-04).
+QUIET_SHARE = 0.35
+QUIET_TIMEOUT_S = 60.0
 
 
 def next_rate(outcomes: dict[int, bool], smallest: int = 25) -> int | None:
@@ -302,6 +307,7 @@ class Run:
 
     async def gateway_step(self, dep: Deployment, rate: int, seconds: float) -> dict[str, Any]:
         channel = await self.new_channel(dep, f"g{rate}")
+        busy_before = await quiet_machine()
         cpu0, box0 = self.cpu(dep), box_cpu()
         profiles = self.profile(dep, seconds, f"gateway{rate}")
         result = await self.load(dep, "http", procs=2 if rate >= 2000 else 1, kind="bet", port=dep.gateway_port,
@@ -314,7 +320,7 @@ class Run:
                 **latency_figures(result["latencies_ms"]), "errors": result["sent"] - accepted,
                 "outcomes": {k: v for k, v in result["outcomes"].items() if not k.startswith("200")},
                 "cpu_s": self.cpu_delta(cpu0, cpu1), "load_cpu_s": round(result["cpu_s"], 2),
-                "box": box_busy(box0, box1)}
+                "box": {**box_busy(box0, box1), "busy_share_before": busy_before}}
         step["cpu_s_per_1000_bets"] = _per_1000(step, accepted)
         if profiles:
             step["profiles"] = await self.profile_summaries(profiles)
@@ -487,6 +493,7 @@ class Run:
         """The same offered rate against the bare handler, then against the jackpot API."""
         step: dict[str, Any] = {"offered_per_s": rate}
         for name, target_port in (("bare", bare_port), ("api", dep.gateway_port)):
+            step[f"{name}_busy_share_before"] = await quiet_machine()
             result = await self.load(dep, "http", kind="contribute", port=target_port, jackpot=jackpot_id,
                                      rate=rate, seconds=seconds, tag=f"j{name}{rate}", uvloop=True, channel="")
             ok = sum(v for k, v in result["outcomes"].items() if k.startswith("200"))
@@ -538,6 +545,20 @@ class Run:
         if missing:
             self.errors.append(f"{len(missing)} accepted bets are not in MySQL ({dep.name}),"
                                f" e.g. {sorted(missing)[:3]}")
+
+
+async def quiet_machine(share: float = QUIET_SHARE, timeout_s: float = QUIET_TIMEOUT_S,
+                        interval_s: float = 1.0) -> float:
+    """Wait until the machine's last `interval_s` was at most `share` busy (or `timeout_s` has
+    passed), so that a step measures its own load and not what an earlier phase left running;
+    the busy share of that last interval."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        before = box_cpu()
+        await asyncio.sleep(interval_s)
+        busy = box_busy(before, box_cpu())["busy_share"]
+        if busy <= share or time.monotonic() >= deadline:
+            return busy
 
 
 def _per_1000(figures: dict[str, Any], bets: int) -> dict[str, float]:
