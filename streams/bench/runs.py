@@ -493,12 +493,13 @@ class Run:
         """The same offered rate against the bare handler, then against the jackpot API."""
         step: dict[str, Any] = {"offered_per_s": rate}
         for name, target_port in (("bare", bare_port), ("api", dep.gateway_port)):
-            step[f"{name}_busy_share_before"] = await quiet_machine()
+            busy_before = await quiet_machine()
             result = await self.load(dep, "http", kind="contribute", port=target_port, jackpot=jackpot_id,
                                      rate=rate, seconds=seconds, tag=f"j{name}{rate}", uvloop=True, channel="")
             ok = sum(v for k, v in result["outcomes"].items() if k.startswith("200"))
             step[name] = {"achieved_per_s": round(ok / max(1e-9, result["send_s"])),
-                          **latency_figures(result["latencies_ms"]), "errors": result["sent"] - ok}
+                          **latency_figures(result["latencies_ms"]), "errors": result["sent"] - ok,
+                          "box": {"busy_share_before": busy_before}}
             await asyncio.sleep(1)
         return step
 
