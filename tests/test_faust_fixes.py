@@ -110,6 +110,10 @@ async def test_the_workers_fetcher_asks_only_for_the_partitions_faust_consumes(b
 
     import streams.app  # noqa: F401  (installs the fixes)
     stream, changelog = TopicPartition(topic, 0), TopicPartition(topic, 1)
+    # What Faust consumes is set before any fetcher starts: a consumer's first fetch goes as soon
+    # as it is assigned, and without Faust's consumer the filter asks for every partition.
+    active = {TP(topic, 0)}
+    monkeypatch.setattr(faust_fixes, "_consumer", SimpleNamespace(_active_partitions=active))
     consumers = []
     for of_faust in (True, False):
         consumer = AIOKafkaConsumer(bootstrap_servers=base_settings.kafka_bootstrap, auto_offset_reset="earliest",
@@ -120,8 +124,6 @@ async def test_the_workers_fetcher_asks_only_for_the_partitions_faust_consumes(b
         consumer.assign([stream, changelog])
         consumers.append(consumer)
     worker, other = consumers
-    active = {TP(topic, 0)}
-    monkeypatch.setattr(faust_fixes, "_consumer", SimpleNamespace(_active_partitions=active))
     try:
         for consumer in consumers:
             batch = await consumer.getmany(stream, timeout_ms=10_000)
