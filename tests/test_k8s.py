@@ -45,7 +45,7 @@ ROUTES_OF = {
     "crash-wallet": ("web/wallet.py",),
     "crash-payout": ("agents/payout_adapter.py",),
     "crash-sink": ("agents/sink.py",),
-    "crash-push": ("web/push.py",),
+    "crash-push": ("web/push.py", "web/push_http.py"),
 }
 
 # Settings that carry a password or a key: Secret only.

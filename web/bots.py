@@ -17,6 +17,10 @@ estimate the offset of the server's clock. Manual bets cash out when the multipl
 which is part of the game. Answers are counted by outcome and reason; a 503 or a lost connection
 is retried with the same api_order_no (the pipeline answers a repeat with its first decision).
 A report line every 5 s, a JSON summary on exit (SIGINT/SIGTERM or --duration).
+
+Here: the players, their options and the report. The bet API client, its backoff and the server
+clock: web/bot_client.py; the counts and latencies: web/bot_stats.py; the players' wallet
+balances (seamless mode): web/bot_funding.py.
 """
 from __future__ import annotations
 
@@ -31,9 +35,8 @@ import secrets
 import signal
 import sys
 import time
-from collections import Counter, deque
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -41,8 +44,10 @@ from yarl import URL
 
 from streams import money
 from streams.settings import Settings, get_settings
-from web.signing import sign_headers
-from web.wallet_client import WalletClient, WalletError, WalletRejected
+from web.bot_client import BetApi, Health, ServerClock, retry_delay
+from web.bot_funding import BALANCE_SAMPLE, Funding
+from web.bot_stats import OPS, Stats
+from web.wallet_client import WalletClient, WalletRejected
 
 log = logging.getLogger("crash.bots")
 
@@ -55,17 +60,13 @@ AUTO_SHARE = 0.6
 CANCEL_SHARE = 0.1
 CANCEL_DELAY_S = (0.05, 0.3)
 MAX_TARGET_X100 = 2000       # targets are drawn from 1.01x to 20x (then capped by the channel)
-RETRIES = 4                  # repeats of one command after a 503 or a lost connection
-BACKOFF_CAP_S = 5.0
-BALANCE_SAMPLE = 5           # players whose balances the report sums (seamless mode)
-FUNDING_CONCURRENCY = 16
-REFILL_EVERY_S = 30.0
 ENDED = frozenset({"crashed", "closed", "aborted"})
 EXIT_CONFIG = 2
 
 
 class ConfigurationError(Exception):
-    """Something the operator must fix (missing key, wallet refusing our key...)."""
+    """Something the operator must fix before the bots can start (a missing key...); the wallet
+    refusing our key, found while running, is reported as `Bots.fatal` with the same exit code."""
 
 
 # ---------------------------------------------------------------- options
@@ -159,259 +160,6 @@ def heavy_tailed_target(rng: random.Random, cap_x100: int) -> int:
     return min(top, max(money.MIN_AUTO_CASHOUT_X100, math.floor(100 / (1 - r))))
 
 
-# ---------------------------------------------------------------- statistics
-
-class Quantiles:
-    """Latency quantiles in bounded memory: logarithmic buckets 2 % wide from 0.1 ms."""
-
-    RATIO = 1.02
-    FLOOR_MS = 0.1
-
-    def __init__(self) -> None:
-        self.buckets: Counter[int] = Counter()
-        self.count = 0
-        self.max_ms = 0.0
-
-    def add(self, ms: float) -> None:
-        bucket = 0 if ms <= self.FLOOR_MS else int(math.log(ms / self.FLOOR_MS, self.RATIO)) + 1
-        self.buckets[bucket] += 1
-        self.count += 1
-        self.max_ms = max(self.max_ms, ms)
-
-    def quantile(self, q: float) -> float | None:
-        if not self.count:
-            return None
-        rank = max(1, math.ceil(q * self.count))
-        seen = 0
-        for bucket in sorted(self.buckets):
-            seen += self.buckets[bucket]
-            if seen >= rank:
-                return min(self.max_ms, self.FLOOR_MS * self.RATIO ** bucket)
-        return self.max_ms
-
-    def summary(self) -> dict[str, Any]:
-        def r(value: float | None) -> float | None:
-            return None if value is None else round(value, 1)
-        return {"count": self.count, "p50": r(self.quantile(0.5)), "p90": r(self.quantile(0.9)),
-                "p99": r(self.quantile(0.99)), "max": r(self.max_ms) if self.count else None}
-
-
-@dataclass
-class OpStats:
-    """One operation's outcomes (place, cancel or cashout), over the run or over a window."""
-    sent: int = 0
-    accepted: int = 0
-    refused: Counter[str] = field(default_factory=Counter)
-    failed: int = 0          # no definitive answer: gave up, 5xx, unexpected 4xx
-    retries: int = 0
-    latency: Quantiles = field(default_factory=Quantiles)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"sent": self.sent, "accepted": self.accepted, "refused": sum(self.refused.values()),
-                "refused_by_reason": dict(self.refused.most_common()), "failed": self.failed,
-                "retries": self.retries, "latency_ms": self.latency.summary()}
-
-
-OPS = ("place", "cancel", "cashout")
-
-
-class Stats:
-    def __init__(self) -> None:
-        self.total = {op: OpStats() for op in OPS}
-        self.window = {op: OpStats() for op in OPS}
-        self.window_started = time.monotonic()
-        self.http_5xx: Counter[str] = Counter()
-        self.unexpected_4xx: Counter[str] = Counter()
-        self.connection_errors = 0
-        self.gave_up: Counter[str] = Counter()
-        self.poll_errors = 0
-        self.missed_cashouts: Counter[str] = Counter()  # the player saw the term end before the target
-        self.accepted_by_channel: Counter[str] = Counter()
-        self.staked: Counter[str] = Counter()           # accepted stakes by currency, minor units
-        self.cashout_payout: Counter[str] = Counter()   # manual cashouts' payouts by currency
-        self.accepted_bets: list[tuple[str, str]] = []
-        self.funded = 0
-        self.refills = 0
-        self.bot_errors = 0
-
-    def _both(self, op: str) -> tuple[OpStats, OpStats]:
-        return self.total[op], self.window[op]
-
-    def sent(self, op: str) -> None:
-        for s in self._both(op):
-            s.sent += 1
-
-    def answered(self, op: str, accepted: bool, reason: str, latency_ms: float) -> None:
-        for s in self._both(op):
-            if accepted:
-                s.accepted += 1
-            else:
-                s.refused[reason] += 1
-            s.latency.add(latency_ms)
-
-    def failed(self, op: str) -> None:
-        for s in self._both(op):
-            s.failed += 1
-
-    def retried(self, op: str) -> None:
-        for s in self._both(op):
-            s.retries += 1
-
-    def new_window(self) -> tuple[dict[str, OpStats], float]:
-        window, seconds = self.window, time.monotonic() - self.window_started
-        self.window = {op: OpStats() for op in OPS}
-        self.window_started = time.monotonic()
-        return window, seconds
-
-
-# ---------------------------------------------------------------- gateway access
-
-class Health:
-    """Shared backoff while the gateway does not answer (restarting): nobody hammers it."""
-
-    def __init__(self) -> None:
-        self.failures = 0
-        self.down_until = 0.0
-
-    def failed(self) -> float:
-        self.failures += 1
-        delay = min(BACKOFF_CAP_S, 0.1 * 2 ** min(self.failures, 6)) * random.uniform(0.5, 1.0)
-        self.down_until = max(self.down_until, time.monotonic() + delay)
-        return delay
-
-    def ok(self) -> None:
-        self.failures = 0
-        self.down_until = 0.0
-
-    @property
-    def down(self) -> bool:
-        return time.monotonic() < self.down_until
-
-    async def wait(self) -> None:
-        while (delay := self.down_until - time.monotonic()) > 0:
-            await asyncio.sleep(delay)
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A definitive answer of the pipeline (HTTP 200 accepted or 409 refused)."""
-    body: dict[str, Any]
-
-    @property
-    def accepted(self) -> bool:
-        return self.body.get("status") == "accepted"
-
-    @property
-    def reason(self) -> str:
-        return str(self.body.get("reason") or self.body.get("status") or "unknown")
-
-
-def _json(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return None
-
-
-def _retry_delay(attempt: int) -> float:
-    return min(BACKOFF_CAP_S, 0.2 * 2 ** (attempt - 1)) * random.uniform(0.7, 1.3)
-
-
-class BetApi:
-    """Signed bet-API commands over the shared session, with retries and error accounting."""
-
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, key: tuple[str, str], stats: Stats,
-                 health: Health, timeout_s: float) -> None:
-        self.session = session
-        self.base = base_url
-        self.key_id, self.secret = key
-        self.stats = stats
-        self.health = health
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._logged: Counter[str] = Counter()
-
-    def url(self, path: str) -> URL:
-        return URL(self.base + path)
-
-    async def get(self, path: str) -> tuple[int, Any]:
-        """An unsigned read; connection errors are the caller's."""
-        async with self.session.get(self.url(path), timeout=aiohttp.ClientTimeout(total=5)) as response:
-            return response.status, _json(await response.read())
-
-    async def command(self, op: str, path: str, body: dict[str, Any]) -> Answer | None:
-        """Send one command until a definitive answer; None when none came (already counted)."""
-        url = self.url(path)
-        raw = json.dumps(body, separators=(",", ":")).encode()
-        self.stats.sent(op)
-        for attempt in range(RETRIES + 1):
-            if attempt:
-                self.stats.retried(op)
-                await asyncio.sleep(_retry_delay(attempt))
-            await self.health.wait()
-            # A fresh signature (nonce) per attempt; the body, and so the api_order_no, stays.
-            headers = sign_headers(self.key_id, self.secret, "POST", url.raw_path_qs, raw)
-            headers["Content-Type"] = "application/json"
-            started = time.perf_counter()
-            try:
-                async with self.session.post(url, data=raw, headers=headers, timeout=self.timeout) as response:
-                    status, data = response.status, _json(await response.read())
-            except (aiohttp.ClientError, TimeoutError) as error:
-                # Sent or not, we cannot know: repeat the same request once the gateway answers again.
-                self.stats.connection_errors += 1
-                self.health.failed()
-                self._log(f"{op} connection", f"{op} {path}: {type(error).__name__}: {error}")
-                continue
-            self.health.ok()
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            data = data if isinstance(data, dict) else {}
-            if status in (200, 409) and data.get("status") in ("accepted", "refused"):
-                answer = Answer(data)
-                self.stats.answered(op, answer.accepted, answer.reason, elapsed_ms)
-                return answer
-            label = f"{op} {status} {data.get('error', '?')}"
-            if status == 503:  # decision_timeout / wallet_unavailable: the same request finishes it
-                self.stats.http_5xx[label] += 1
-                continue
-            if status >= 500:
-                self.stats.http_5xx[label] += 1
-            else:  # any other 4xx is a bug of the bots (or a gateway regression): say so
-                self.stats.unexpected_4xx[label] += 1
-            self._log(label, f"{op} {path} -> HTTP {status}: {data or '(no JSON body)'}")
-            self.stats.failed(op)
-            return None
-        self.stats.gave_up[op] += 1
-        self.stats.failed(op)
-        return None
-
-    def _log(self, label: str, message: str) -> None:
-        """The first few of each kind, then every 100th (a broken gateway must not flood the log)."""
-        self._logged[label] += 1
-        n = self._logged[label]
-        if n <= 5 or n % 100 == 0:
-            log.warning("%s (seen %d times)", message, n)
-
-
-class ServerClock:
-    """Server time from the polls: the clocks are NTP-synced; this absorbs what is left."""
-
-    def __init__(self) -> None:
-        self._samples: deque[tuple[float, float]] = deque(maxlen=50)   # (round trip, offset) in ms
-        self._one_way: deque[float] = deque(maxlen=50)
-        self.offset_ms = 0.0
-
-    def sample(self, sent_ms: float, received_ms: float, server_ms: int) -> None:
-        self._samples.append((received_ms - sent_ms, server_ms - (sent_ms + received_ms) / 2))
-        self.offset_ms = min(self._samples)[1]     # the fastest round trip bounds the error best
-
-    def sample_one_way(self, server_ms: int, received_ms: float) -> None:
-        """A pushed frame: sent at server_ms, so the offset is at least server_ms - received_ms."""
-        self._one_way.append(server_ms - received_ms)
-        self.offset_ms = max(self._one_way)
-
-    def now_ms(self) -> float:
-        return time.time() * 1000 + self.offset_ms
-
-
 # ---------------------------------------------------------------- channels and terms
 
 class TermPlay:
@@ -493,13 +241,11 @@ class Bots:
         self.placing = 0
         self.orders = 0
         self._currency: dict[tuple[int, str], str] = {}
-        self._funded: set[tuple[int, str]] = set()
-        self._last_refill: dict[tuple[int, str], float] = {}
         self.load_started: float | None = None
         self.load_ended: float | None = None
         self.started = time.monotonic()
         self.api: BetApi
-        self.wallet: WalletClient | None = None
+        self.funding: Funding | None = None            # seamless mode
 
     # ------------------------------------------------------------ running
 
@@ -529,7 +275,8 @@ class Bots:
         async with aiohttp.ClientSession(connector=connector) as session:
             self.api = BetApi(session, self.opts.gateway, self.key, self.stats, self.health, timeout_s)
             if self.seamless:
-                self.wallet = WalletClient(self.opts.wallet, *self.admin_key, timeout_s=5.0, session=session)
+                wallet = WalletClient(self.opts.wallet, *self.admin_key, timeout_s=5.0, session=session)
+                self.funding = Funding(wallet, self.players, self.opts.balance, self.opts.refill_below, self.stats)
             log.info("%d players, %s bets/s, %s mode, key %s, gateway %s", len(self.players), self.opts.rate,
                      self.opts.mode, self.key[0], self.opts.gateway)
             self.spawn(self.discover(), background=True)
@@ -550,7 +297,8 @@ class Bots:
             for task in self.background:
                 task.cancel()
             await asyncio.gather(*self.background, return_exceptions=True)
-            balances = await self.sample_balances() if self.seamless and self.fatal is None else None
+            balances = await self.funding.sample_balances(self._currency) \
+                if self.funding is not None and self.fatal is None else None
         return self.summary(balances)
 
     # ------------------------------------------------------------ channels
@@ -631,7 +379,7 @@ class Bots:
                     log.warning("push %s: %s: %s", url, type(error).__name__, error)
             self.stats.poll_errors += 1
             channel.term = None            # nothing is known until the next snapshot
-            await asyncio.sleep(_retry_delay(min(attempt + 1, 5)))
+            await asyncio.sleep(retry_delay(min(attempt + 1, 5)))
 
     def on_push_frame(self, channel: Channel, frame: dict[str, Any]) -> None:
         if isinstance(frame.get("ts"), int):
@@ -685,74 +433,19 @@ class Bots:
 
     async def _fund_channel(self, channel: Channel) -> None:
         """Before betting on a channel: every player holds at least the threshold in its currency."""
-        pairs = {(i, self.currency_of(i, channel)) for i in range(len(self.players))} - self._funded
-        slots = asyncio.Semaphore(FUNDING_CONCURRENCY)
-
-        async def fund(pair: tuple[int, str]) -> None:
-            async with slots:
-                for attempt in itertools.count(1):
-                    try:
-                        if await self.top_up(*pair):
-                            self.stats.funded += 1
-                        self._funded.add(pair)
-                        return
-                    except WalletRejected as error:
-                        raise ConfigurationError(f"the wallet refuses the bots' admin key: {error}") from None
-                    except WalletError as error:
-                        if attempt == 1 or attempt % 20 == 0:
-                            log.warning("funding %s %s: %s (retrying)", self.players[pair[0]], pair[1], error)
-                        await asyncio.sleep(_retry_delay(min(attempt, 5)))
-
+        assert self.funding is not None
+        pairs = {(i, self.currency_of(i, channel)) for i in range(len(self.players))}
         try:
-            await asyncio.gather(*(fund(pair) for pair in sorted(pairs)))
-        except ConfigurationError as error:
-            self.fatal = str(error)
-            log.error("%s", error)
+            checked = await self.funding.fund(pairs)
+        except WalletRejected as error:
+            self.fatal = f"the wallet refuses the bots' admin key: {error}"
+            log.error("%s", self.fatal)
             self.request_stop()
             return
         channel.funded = True
-        if pairs:
-            log.info("channel %s: %d player accounts checked, %d funded to %d", channel.id, len(pairs),
+        if checked:
+            log.info("channel %s: %d player accounts checked, %d funded to %d", channel.id, checked,
                      self.stats.funded, self.opts.balance)
-
-    async def top_up(self, player: int, currency: str) -> bool:
-        """Set the balance to --balance if it is below the threshold; True if it was set."""
-        assert self.wallet is not None
-        user_id = self.players[player]
-        if await self.wallet.balance(user_id, currency) >= self.opts.refill_below:
-            return False
-        await self.wallet.set_balance(user_id, currency, self.opts.balance)
-        return True
-
-    async def refill(self, player: int, currency: str) -> None:
-        """After insufficient_funds: top the player up again (at most every 30 s), so the demo goes on."""
-        key = (player, currency)
-        now = time.monotonic()
-        if now - self._last_refill.get(key, -REFILL_EVERY_S) < REFILL_EVERY_S:
-            return
-        self._last_refill[key] = now
-        try:
-            if await self.top_up(player, currency):
-                self.stats.refills += 1
-        except WalletError as error:
-            log.warning("refilling %s %s: %s", self.players[player], currency, error)
-
-    async def sample_balances(self) -> dict[str, Any] | None:
-        """Sum of a few players' balances, per currency (what the players actually hold)."""
-        if self.wallet is None:
-            return None
-        pairs = sorted({(i, cur) for (i, _), cur in self._currency.items() if i < BALANCE_SAMPLE})
-        if not pairs:
-            return None
-        try:
-            values = await asyncio.wait_for(
-                asyncio.gather(*(self.wallet.balance(self.players[i], cur) for i, cur in pairs)), 3.0)
-        except (WalletError, TimeoutError) as error:
-            return {"error": str(error) or type(error).__name__}
-        sums: Counter[str] = Counter()
-        for (_, currency), value in zip(pairs, values, strict=True):
-            sums[currency] += value
-        return {"players": sorted({self.players[i] for i, _ in pairs}), "sum_by_currency": dict(sums)}
 
     # ------------------------------------------------------------ betting
 
@@ -812,8 +505,8 @@ class Bots:
             self.placing -= 1
         if answer is None or not answer.accepted:
             play.release(player)
-            if answer is not None and answer.reason == "insufficient_funds" and self.seamless:
-                self.spawn(self.refill(player, currency))
+            if answer is not None and answer.reason == "insufficient_funds" and self.funding is not None:
+                self.spawn(self.funding.refill(player, currency))
             return
         self.stats.accepted_by_channel[channel.id] += 1
         self.stats.staked[currency] += body["amount"]
@@ -855,7 +548,7 @@ class Bots:
     async def report_loop(self) -> None:
         while True:
             await asyncio.sleep(REPORT_S)
-            balances = await self.sample_balances() if self.seamless else None
+            balances = await self.funding.sample_balances(self._currency) if self.funding is not None else None
             print(self.report_line(balances), flush=True)
 
     def report_line(self, balances: dict[str, Any] | None) -> str:

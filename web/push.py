@@ -16,7 +16,10 @@ One process (any number of them side by side; they share nothing but Redis):
 - sends each player's page a `wallet` hint when a payout to them succeeded (game.payout), so
   the page reloads the balance from the wallet;
 - serves the page (`/play/`), the verifier (`/verify/`), their files, and public JSON: the
-  proof of a term (`/v1/proofs/{term_id}`) and a channel's view (`/v1/views/{channel_id}`).
+  proof of a term (`/v1/proofs/{term_id}`) and a channel's view (`/v1/views/{channel_id}`)
+  (web/push_http.py).
+
+Frames, clients and rooms, and when a room's next frame is due: web/push_rooms.py.
 
 Restart: the views come back from Redis and Kafka is replayed from the positions stored with
 them (the reducers are idempotent); with nothing in Redis (the first start), configs and
@@ -28,17 +31,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import resource
 import socket
 import time
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy import text
 
 from sql.db import make_engine
@@ -48,16 +49,14 @@ from streams.codec import DecodeError, decode
 from streams.events import PayoutSucceeded
 from streams.settings import Settings, get_settings
 from streams.topics import BET, JACKPOT, PAYOUT, TERM
-from web import fanout, sessions
+from web import fanout, push_http, sessions
+from web.http import problem
+from web.push_rooms import Client, Room, dumps, now_ms, ws_text_frame
 from web.push_view import ChannelView, JackpotView
 
 log = logging.getLogger("crash.push")
 
-STATIC = Path(__file__).resolve().parent / "static"
-FRAME_GAP_S = 0.1                # at most one frame per room every 100 ms
-FLUSH_CHECK_S = 0.005            # ...sent as soon as that allows (see Room.due)
-TICK_WAIT_S = 0.15               # while flying, other ops ride on the next tick's frame, this long at most
-URGENT = frozenset({"term", "tick", "jackpot_hit"})   # ops that make a frame go at once (when allowed)
+FLUSH_CHECK_S = 0.005            # rooms checked this often: a frame goes as soon as Room.due allows
 PING_S = 1.0                     # a frame at least every second, so that a page sees the link alive
 SAVE_S = 1.0                     # views written to Redis at most this often
 HELLO_TIMEOUT_S = 5.0
@@ -66,7 +65,6 @@ LOOKBACK_MS = 15 * 60 * 1000     # first start: replay this much of Kafka (longe
 VIEW_TTL_S = 7 * 24 * 3600
 WS_CLOSE_SESSION = 4401
 WS_CLOSE_NOT_FOUND = 4404
-TERM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
 
 CLIENTS = Gauge("push_clients", "WebSocket clients connected")
 FRAMES = Counter("push_frames_total", "Frames written to clients", ["kind"])
@@ -79,73 +77,7 @@ BROADCAST = Histogram("push_broadcast_seconds", "Writing one frame to every clie
 
 KEY_PUSH: web.AppKey[Push] = web.AppKey("push")
 
-__all__ = ["make_app", "main", "Push", "ws_text_frame"]
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def ws_text_frame(payload: bytes) -> bytes:
-    """One unmasked, uncompressed WebSocket text frame (RFC 6455 5.2), built once per room."""
-    n = len(payload)
-    if n < 126:
-        header = bytes((0x81, n))
-    elif n < 1 << 16:
-        header = bytes((0x81, 126)) + n.to_bytes(2, "big")
-    else:
-        header = bytes((0x81, 127)) + n.to_bytes(8, "big")
-    return header + payload
-
-
-def dumps(data: Any) -> bytes:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-class Client:
-    __slots__ = ("ws", "transport", "fd", "user_id", "rooms", "alive")
-
-    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport, fd: int, user_id: str | None) -> None:
-        self.ws, self.transport, self.fd, self.user_id = ws, transport, fd, user_id
-        self.rooms: list[Room] = []
-        self.alive = True
-
-
-class Room:
-    """The clients of one channel or one jackpot, and the ops waiting for the next frame."""
-    __slots__ = ("key", "clients", "pending", "oldest_ms", "newest_ms", "last_frame", "flying", "urgent")
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-        self.clients: set[Client] = set()
-        self.pending: dict[Any, dict[str, Any]] = {}
-        self.oldest_ms: int | None = None        # Kafka time of the oldest event in `pending`
-        self.newest_ms: int | None = None        # ... and of the newest
-        self.last_frame = 0.0
-        self.flying = False                      # the room's term is flying: ticks set the pace
-        self.urgent = False                      # a state change or a tick is pending
-
-    def due(self, now: float) -> bool:
-        """Whether a frame goes now: never within 100 ms of the last one; while the term flies,
-        when a tick (or a state change) is pending, so that frames keep the ticks' pace (a tick
-        every 100-150 ms) and a tick never waits behind a frame a bet made go a moment earlier;
-        otherwise as soon as 100 ms allow."""
-        gap = now - self.last_frame
-        if not self.pending or gap < FRAME_GAP_S:
-            return False
-        return self.urgent or not self.flying or gap >= TICK_WAIT_S
-
-    def add(self, key: Any, op: dict[str, Any], kafka_ms: int) -> None:
-        self.pending[key] = op    # coalesced: the latest wins, in the place of the first
-        kind = op["k"]
-        if kind in URGENT:
-            self.urgent = True
-            if kind == "term":
-                self.flying = op["term"]["state"] == "flying"
-        if self.oldest_ms is None or kafka_ms < self.oldest_ms:
-            self.oldest_ms = kafka_ms
-        if self.newest_ms is None or kafka_ms > self.newest_ms:
-            self.newest_ms = kafka_ms
+__all__ = ["make_app", "main", "Push"]
 
 
 class Push:
@@ -247,7 +179,7 @@ class Push:
                         "SELECT * FROM crash_term WHERE channel_id = :c AND revealed_hash IS NOT NULL"
                         " ORDER BY seq DESC LIMIT 50"), {"c": channel_id})).all()
                     for row in rows:
-                        proof = _proof_of_row(row._mapping, view.chains)
+                        proof = push_http.proof_of_row(row._mapping, view.chains)
                         view.history.append({"term_id": row.term_id, "seq": row.seq, "crash_x100": row.crash_x100,
                                              "at": row.crash_at or row.ended_at, "aborted": bool(row.aborted)})
                         view.proofs[row.term_id] = proof
@@ -487,27 +419,27 @@ class Push:
         if count:
             await pipe.execute()
 
-    # ------------------------------------------------------------ HTTP and WebSocket
+    # ------------------------------------------------------------ WebSocket
 
     async def ws_channel(self, request: web.Request) -> web.StreamResponse:
         channel_id = request.match_info["channel_id"]
         if not ids.is_name(channel_id):
-            return _problem(400, "bad_request", f"channel id must match {ids.NAME.pattern}")
+            return problem(400, "bad_request", f"channel id must match {ids.NAME.pattern}")
         return await self._serve(request, "ch:" + channel_id, channel_id=channel_id)
 
     async def ws_jackpot(self, request: web.Request) -> web.StreamResponse:
         jackpot_id = request.match_info["jackpot_id"]
         if not ids.is_name(jackpot_id):
-            return _problem(400, "bad_request", f"jackpot id must match {ids.NAME.pattern}")
+            return problem(400, "bad_request", f"jackpot id must match {ids.NAME.pattern}")
         return await self._serve(request, "jp:" + jackpot_id, jackpot_id=jackpot_id)
 
     async def _serve(self, request: web.Request, room_key: str, channel_id: str | None = None,
                      jackpot_id: str | None = None) -> web.StreamResponse:
         ws = web.WebSocketResponse(compress=False, max_msg_size=8 * 1024, heartbeat=30)
         if not ws.can_prepare(request).ok:
-            return _problem(400, "websocket_expected", "this is a WebSocket endpoint")
+            return problem(400, "websocket_expected", "this is a WebSocket endpoint")
         if self.clients >= MAX_CLIENTS:
-            return _problem(503, "too_many_clients", "this push gateway is full; try another")
+            return problem(503, "too_many_clients", "this push gateway is full; try another")
         await ws.prepare(request)
         transport = request.transport
         if transport is None:
@@ -571,55 +503,6 @@ class Push:
             self._drop(client)
         return ws
 
-    async def proof(self, request: web.Request) -> web.Response:
-        """The published fairness data of one ended term (anything to recompute its crash point)."""
-        term_id = request.match_info["term_id"]
-        if not TERM_ID.fullmatch(term_id):
-            return _problem(400, "bad_request", "not a term id")
-        for view in self.views.values():
-            proof = view.proofs.get(term_id)
-            if proof is not None and proof.get("prev_hash") and proof.get("terminator"):
-                return web.json_response(proof, headers=_PUBLIC)
-        try:
-            async with self.db.connect() as conn:
-                row = (await conn.execute(text("SELECT * FROM crash_term WHERE term_id = :t"), {"t": term_id})).first()
-                if row is not None and row.revealed_hash:
-                    chain_rows = await conn.execute(text(
-                        "SELECT chain_no, length, terminator, salt FROM fairness_chain WHERE channel_id = :c"),
-                        {"c": row.channel_id})
-                    chains = {str(c.chain_no): {"terminator": c.terminator, "salt": c.salt, "length": c.length}
-                              for c in chain_rows}
-                    return web.json_response(_proof_of_row(row._mapping, chains), headers=_PUBLIC)
-        except Exception as error:
-            log.warning("proof of %s from MySQL: %s", term_id, error)
-            return _problem(503, "unavailable", "the term history is not reachable right now; try again")
-        if row is not None:
-            return _problem(409, "not_revealed", f"term {term_id} has not crashed yet: its proof is not published")
-        return _problem(404, "not_found", f"no ended term {term_id}")
-
-    async def channel_view(self, request: web.Request) -> web.Response:
-        view = self.views.get(request.match_info["channel_id"])
-        if view is None:
-            return _problem(404, "not_found", "no such channel")
-        return web.json_response({**view.snapshot(), "server_time": now_ms(),
-                                  "jackpots": {j: self.jackpot(j).public() for j in view.jackpot_ids}})
-
-    async def page_config(self, request: web.Request) -> web.Response:
-        return web.json_response({"api_url": self.settings.page_api_url.rstrip("/"),
-                                  "channels": sorted(cid for cid, v in self.views.items() if v.config is not None)})
-
-    async def health(self, request: web.Request) -> web.Response:
-        if not self.ready.is_set():
-            return _problem(503, "starting", "catching up with Kafka")
-        return web.json_response({"status": "ok", "clients": self.clients, "channels": len(self.views)})
-
-
-_PUBLIC = {"Cache-Control": "public, max-age=60"}
-
-
-def _problem(status: int, error: str, reason: str) -> web.Response:
-    return web.json_response({"error": error, "reason": reason}, status=status)
-
 
 async def _close(ws: web.WebSocketResponse, code: int, error: str, reason: str) -> None:
     """Say why in a frame (a browser does not see an HTTP refusal of a WebSocket), then close."""
@@ -630,32 +513,7 @@ async def _close(ws: web.WebSocketResponse, code: int, error: str, reason: str) 
         pass
 
 
-def _proof_of_row(row: Any, chains: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    config = row["config"]
-    config = json.loads(config) if isinstance(config, str) else config
-    chain = chains.get(str(row["chain_no"])) or {}
-    return {"term_id": row["term_id"], "channel_id": row["channel_id"], "seq": row["seq"], "chain_no": row["chain_no"],
-            "chain_index": row["chain_index"], "prev_hash": row["prev_hash"], "revealed_hash": row["revealed_hash"],
-            "salt": chain.get("salt"), "terminator": chain.get("terminator"), "hmac_digest": row["hmac_digest"],
-            "crash_x100": row["crash_x100"], "edge_bps": config.get("edge_bps", 100),
-            "max_multiple_x100": config.get("max_multiple_x100"), "aborted": bool(row["aborted"])}
-
-
 # ---------------------------------------------------------------- the app
-
-def _page(name: str):
-    async def handler(request: web.Request) -> web.FileResponse:
-        return web.FileResponse(STATIC / name, headers={"Cache-Control": "no-cache"})
-    return handler
-
-
-async def to_page(request: web.Request) -> web.Response:
-    raise web.HTTPFound("/play/")
-
-
-async def metrics(request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
 
 def make_app(settings: Settings | None = None) -> web.Application:
     settings = settings or get_settings()
@@ -669,17 +527,9 @@ def make_app(settings: Settings | None = None) -> web.Application:
         await push.stop()
 
     app.cleanup_ctx.append(lifecycle)
-    app.router.add_get("/", to_page)
-    app.router.add_get("/play/", _page("play.html"))
-    app.router.add_get("/verify/", _page("verify.html"))
-    app.router.add_static("/static/", STATIC, append_version=False)
-    app.router.add_get("/play/config.json", push.page_config)
     app.router.add_get("/ws/channel/{channel_id}", push.ws_channel)
     app.router.add_get("/ws/jackpot/{jackpot_id}", push.ws_jackpot)
-    app.router.add_get("/v1/proofs/{term_id}", push.proof)
-    app.router.add_get("/v1/views/{channel_id}", push.channel_view)
-    app.router.add_get("/v1/health", push.health)
-    app.router.add_get("/metrics", metrics)
+    push_http.add_routes(app, push)     # the page, the verifier, proofs, views, health, metrics
     return app
 
 
