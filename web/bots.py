@@ -18,25 +18,23 @@ which is part of the game. Answers are counted by outcome and reason; a 503 or a
 is retried with the same api_order_no (the pipeline answers a repeat with its first decision).
 A report line every 5 s, a JSON summary on exit (SIGINT/SIGTERM or --duration).
 
-Here: the players, their options and the report. The bet API client, its backoff and the server
-clock: web/bot_client.py; the counts and latencies: web/bot_stats.py; the players' wallet
-balances (seamless mode): web/bot_funding.py.
+Here: the players and the report. The command line: web/bot_options.py; a channel's and its
+term's state (bet slots, the betting window) and the random draws: web/bot_play.py; the bet API
+client, its backoff and the server clock: web/bot_client.py; the counts and latencies:
+web/bot_stats.py; the players' wallet balances (seamless mode): web/bot_funding.py.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import itertools
 import json
 import logging
-import math
 import random
 import secrets
 import signal
 import sys
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -46,6 +44,8 @@ from streams import money
 from streams.settings import Settings, get_settings
 from web.bot_client import BetApi, Health, ServerClock, retry_delay
 from web.bot_funding import BALANCE_SAMPLE, Funding
+from web.bot_options import ConfigurationError, Options, key_for_role, parse_args
+from web.bot_play import Channel, TermPlay, heavy_tailed_target, log_uniform_stake
 from web.bot_stats import OPS, Stats
 from web.wallet_client import WalletClient, WalletRejected
 
@@ -55,164 +55,11 @@ POLL_S = 0.1                 # one poll per channel every ~100 ms, shared by all
 REPORT_S = 5.0
 PLACER_TICK_S = 0.01         # the token bucket is refilled and spent every 10 ms
 BURST_S = 0.05               # bucket size: 50 ms worth of bets (a window opening is not a flood)
-CLOSE_MARGIN_MS = 50         # a bet sent later than this before bets_close_at would likely be refused
 AUTO_SHARE = 0.6
 CANCEL_SHARE = 0.1
 CANCEL_DELAY_S = (0.05, 0.3)
-MAX_TARGET_X100 = 2000       # targets are drawn from 1.01x to 20x (then capped by the channel)
 ENDED = frozenset({"crashed", "closed", "aborted"})
 EXIT_CONFIG = 2
-
-
-class ConfigurationError(Exception):
-    """Something the operator must fix before the bots can start (a missing key...); the wallet
-    refusing our key, found while running, is reported as `Bots.fatal` with the same exit code."""
-
-
-# ---------------------------------------------------------------- options
-
-@dataclass(frozen=True)
-class Options:
-    players: int
-    rate: float
-    channels: tuple[str, ...]
-    duration: float | None
-    mode: str
-    gateway: str
-    wallet: str
-    report_json: str | None
-    seed: int
-    quiet: bool
-    balance: int
-    refill_below: int
-    connections: int
-    drain: float
-    record_bets: bool
-    push: str
-
-
-def parse_args(argv: list[str] | None, settings: Settings) -> Options:
-    parser = argparse.ArgumentParser(prog="crash-bots", description="Bot players: load for the crash game's bet API.")
-    parser.add_argument("--players", type=int, required=True, help="number of bot players")
-    parser.add_argument("--rate", type=float, required=True,
-                        help="bets per second over all channels while betting windows are open")
-    parser.add_argument("--channels", default="", help="comma-separated channel ids (default: all the gateway knows)")
-    parser.add_argument("--duration", type=float, default=None, help="seconds to run (default: until SIGINT/SIGTERM)")
-    parser.add_argument("--mode", choices=("seamless", "transfer"), default="seamless")
-    parser.add_argument("--gateway", default=f"http://127.0.0.1:{settings.gateway_port}", help="bet API base URL")
-    parser.add_argument("--wallet", default=settings.wallet_url, help="wallet base URL (seamless mode)")
-    parser.add_argument("--report-json", default=None, help="also write the final summary to this file")
-    parser.add_argument("--seed", type=int, default=1, help="player ids and random choices (bot-<seed>-<i>)")
-    parser.add_argument("--quiet", action="store_true", help="no report line every 5 s")
-    parser.add_argument("--balance", type=int, default=1_000_000,
-                        help="seamless mode: starting balance in minor units of every player and currency")
-    parser.add_argument("--refill-below", type=int, default=None,
-                        help="seamless mode: fund a player whose balance is below this (default: balance / 10)")
-    parser.add_argument("--connections", type=int, default=256, help="HTTP connection limit")
-    parser.add_argument("--drain", type=float, default=5.0,
-                        help="seconds to let requests in flight finish after the stop")
-    parser.add_argument("--push", default="",
-                        help="push gateway base URL (e.g. http://127.0.0.1:8082): follow the terms over its "
-                             "WebSocket instead of polling the bet API")
-    parser.add_argument("--record-bets", action="store_true",
-                        help="list every accepted bet (channel, api_order_no) in the --report-json file")
-    args = parser.parse_args(argv)
-    if args.players < 1 or args.rate <= 0:
-        parser.error("--players must be >= 1 and --rate > 0")
-    if args.balance < 1 or args.connections < 1:
-        parser.error("--balance and --connections must be positive")
-    if args.duration is not None and args.duration <= 0:
-        parser.error("--duration must be positive")
-    refill_below = args.refill_below if args.refill_below is not None else args.balance // 10
-    channels = tuple(c.strip() for c in args.channels.split(",") if c.strip())
-    return Options(players=args.players, rate=args.rate, channels=channels, duration=args.duration, mode=args.mode,
-                   gateway=args.gateway.rstrip("/"), wallet=args.wallet, report_json=args.report_json,
-                   seed=args.seed, quiet=args.quiet, balance=args.balance, refill_below=refill_below,
-                   connections=args.connections, drain=args.drain, record_bets=args.record_bets,
-                   push=args.push.rstrip("/"))
-
-
-def key_for_role(api_keys: dict[str, tuple[str, str]], role: str, preferred: str) -> tuple[str, str]:
-    """(key_id, secret) of the key with `role`; `preferred` wins if several have it."""
-    ids = sorted(key_id for key_id, (_, key_role) in api_keys.items() if key_role == role)
-    if not ids:
-        raise ConfigurationError(
-            f"no key with role {role!r} in CRASH_API_KEYS (key_id:secret:role,...); "
-            f"have: {', '.join(f'{k}:{r}' for k, (_, r) in sorted(api_keys.items())) or 'none'}")
-    key_id = preferred if preferred in ids else ids[0]
-    return key_id, api_keys[key_id][0]
-
-
-# ---------------------------------------------------------------- random draws
-
-def log_uniform_stake(rng: random.Random, low: int, high: int) -> int:
-    """A stake in minor units, log-uniform in [low, high] (small bets are common, big ones rare)."""
-    if high <= low:
-        return low
-    value = round(math.exp(rng.uniform(math.log(low), math.log(high))))
-    return min(high, max(low, value))
-
-
-def heavy_tailed_target(rng: random.Random, cap_x100: int) -> int:
-    """A target multiple in hundredths, Pareto-like as the crash point: P(target >= x) ~ 1/x."""
-    top = max(money.MIN_AUTO_CASHOUT_X100, min(MAX_TARGET_X100, cap_x100))
-    r = rng.random() * (1 - 100 / top)
-    return min(top, max(money.MIN_AUTO_CASHOUT_X100, math.floor(100 / (1 - r))))
-
-
-# ---------------------------------------------------------------- channels and terms
-
-class TermPlay:
-    """The bots' bookkeeping of one term: bet slots per player under max_bets_per_user."""
-
-    def __init__(self, term_id: str, config: dict[str, Any], limits: list[int]) -> None:
-        self.term_id = term_id
-        self.config = config        # the config the term was seen with (changes apply from the next)
-        self.growth = float(config["growth_per_ms"])
-        self.limits = limits
-        self.used = [0] * len(limits)
-        self.free = [i for i, limit in enumerate(limits) if limit > 0]
-        self._free_set = set(self.free)
-
-    def take(self, rng: random.Random) -> int | None:
-        """A random player with a free slot, now holding one more; None when all are full."""
-        if not self.free:
-            return None
-        k = rng.randrange(len(self.free))
-        player = self.free[k]
-        self.used[player] += 1
-        if self.used[player] >= self.limits[player]:
-            self.free[k] = self.free[-1]
-            self.free.pop()
-            self._free_set.discard(player)
-        return player
-
-    def release(self, player: int) -> None:
-        """The slot was not used after all (refused, cancelled, unknown)."""
-        self.used[player] = max(0, self.used[player] - 1)
-        if self.used[player] < self.limits[player] and player not in self._free_set:
-            self.free.append(player)
-            self._free_set.add(player)
-
-
-class Channel:
-    def __init__(self, channel_id: str) -> None:
-        self.id = channel_id
-        self.config: dict[str, Any] | None = None
-        self.term: dict[str, Any] | None = None     # the latest view from the gateway
-        self.play: TermPlay | None = None
-        self.funded = False                         # seamless: every player's currency here is funded
-        self.funding: asyncio.Task | None = None
-
-    def term_view(self, term_id: str) -> dict[str, Any] | None:
-        term = self.term
-        return term if term is not None and term.get("term_id") == term_id else None
-
-    def betting_open(self, now_ms: float) -> bool:
-        term, play = self.term, self.play
-        return (self.funded and term is not None and play is not None and term.get("term_id") == play.term_id
-                and term.get("state") == "pre_start"
-                and term.get("created_at", 0) <= now_ms < term.get("bets_close_at", 0) - CLOSE_MARGIN_MS)
 
 
 # ---------------------------------------------------------------- the bots

@@ -19,7 +19,8 @@ One process (any number of them side by side; they share nothing but Redis):
   proof of a term (`/v1/proofs/{term_id}`) and a channel's view (`/v1/views/{channel_id}`)
   (web/push_http.py).
 
-Frames, clients and rooms, and when a room's next frame is due: web/push_rooms.py.
+Frames, clients and rooms, when a room's next frame is due, and the registry of rooms and
+clients that writes the frames and cuts off a slow client (`Rooms`): web/push_rooms.py.
 
 Restart: the views come back from Redis and Kafka is replayed from the positions stored with
 them (the reducers are idempotent); with nothing in Redis (the first start), configs and
@@ -33,13 +34,11 @@ import json
 import logging
 import resource
 import socket
-import time
-from collections import defaultdict
 from typing import Any
 
 from aiohttp import WSMsgType, web
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter
 from sqlalchemy import text
 
 from sql.db import make_engine
@@ -49,15 +48,13 @@ from streams.codec import DecodeError, decode
 from streams.events import PayoutSucceeded
 from streams.settings import Settings, get_settings
 from streams.topics import BET, JACKPOT, PAYOUT, TERM
-from web import fanout, push_http, sessions
+from web import push_http, sessions
 from web.http import problem
-from web.push_rooms import Client, Room, dumps, now_ms, ws_text_frame
+from web.push_rooms import CLIENTS, FRAMES, Client, Rooms, dumps, now_ms
 from web.push_view import ChannelView, JackpotView
 
 log = logging.getLogger("crash.push")
 
-FLUSH_CHECK_S = 0.005            # rooms checked this often: a frame goes as soon as Room.due allows
-PING_S = 1.0                     # a frame at least every second, so that a page sees the link alive
 SAVE_S = 1.0                     # views written to Redis at most this often
 HELLO_TIMEOUT_S = 5.0
 MAX_CLIENTS = 20_000
@@ -66,14 +63,7 @@ VIEW_TTL_S = 7 * 24 * 3600
 WS_CLOSE_SESSION = 4401
 WS_CLOSE_NOT_FOUND = 4404
 
-CLIENTS = Gauge("push_clients", "WebSocket clients connected")
-FRAMES = Counter("push_frames_total", "Frames written to clients", ["kind"])
-CUT = Counter("push_clients_cut_total", "Clients cut off because they did not read fast enough")
 EVENTS = Counter("push_events_total", "Kafka events applied", ["topic"])
-LATENCY = Histogram("push_latency_seconds", "From an event's Kafka timestamp to its frame on the sockets",
-                    buckets=(.005, .01, .025, .05, .075, .1, .15, .25, .5, 1, 2.5))
-BROADCAST = Histogram("push_broadcast_seconds", "Writing one frame to every client of a room",
-                      buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25))
 
 KEY_PUSH: web.AppKey[Push] = web.AppKey("push")
 
@@ -94,9 +84,7 @@ class Push:
         self.positions: dict[tuple[str, int], int] = {}     # (logical topic, partition) -> next offset
         self.saved: dict[str, tuple[int, ...]] = {}          # channel -> positions at its last save
         self.dirty: set[str] = set()
-        self.rooms: dict[str, Room] = {}
-        self.by_user: dict[str, set[Client]] = defaultdict(set)
-        self.clients = 0
+        self.rooms = Rooms(self.max_buffer)
         self.ready = asyncio.Event()
         self.consumer: AIOKafkaConsumer | None = None
         self.topics = {settings.topic(t): t for t in (TERM, BET, PAYOUT, JACKPOT)}
@@ -119,7 +107,7 @@ class Push:
         self.consumer.assign(partitions)
         ends = await self.consumer.end_offsets(partitions)
         await self._seek(partitions)
-        self.tasks = [asyncio.create_task(self._follow(ends)), asyncio.create_task(self._flush_forever()),
+        self.tasks = [asyncio.create_task(self._follow(ends)), asyncio.create_task(self.rooms.flush_forever()),
                       asyncio.create_task(self._save_forever())]
 
     async def stop(self) -> None:
@@ -251,8 +239,8 @@ class Push:
             return
         if topic == PAYOUT:
             if isinstance(event, PayoutSucceeded):
-                self._to_user(event.user_id, {"t": "wallet", "kind": event.kind, "amount": event.amount,
-                                              "currency": event.currency})
+                self.rooms.to_user(event.user_id, {"t": "wallet", "kind": event.kind, "amount": event.amount,
+                                                   "currency": event.currency})
             return
         if topic == JACKPOT:
             jackpot_id = getattr(event, "jackpot_id", None)
@@ -268,7 +256,7 @@ class Push:
         if not ops:
             return
         self.dirty.add(event.channel_id)
-        room = self.rooms.get("ch:" + event.channel_id)
+        room = self.rooms.by_key.get("ch:" + event.channel_id)
         if room is not None:
             for key, op in ops:
                 room.add(key, op, message.timestamp)
@@ -278,8 +266,9 @@ class Push:
                     asyncio.create_task(self._load_jackpot(jackpot_id))
 
     def _jackpot_ops(self, jackpot_id: str, ops: list[tuple[Any, dict[str, Any]]], kafka_ms: int) -> None:
-        rooms = [self.rooms.get("jp:" + jackpot_id)]
-        rooms += [self.rooms.get("ch:" + cid) for cid, view in self.views.items() if jackpot_id in view.jackpot_ids]
+        rooms = [self.rooms.by_key.get("jp:" + jackpot_id)]
+        rooms += [self.rooms.by_key.get("ch:" + cid)
+                  for cid, view in self.views.items() if jackpot_id in view.jackpot_ids]
         for room in rooms:
             if room is not None:
                 for key, op in ops:
@@ -301,84 +290,6 @@ class Push:
             jackpot.load(json.loads(raw))
             self._jackpot_ops(jackpot_id, [(("jp", jackpot_id), {"k": "jackpot", "jackpot": jackpot.public()})],
                               now_ms())
-
-    # ------------------------------------------------------------ frames
-
-    async def _flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_CHECK_S)
-            try:
-                self.flush()
-            except Exception:   # one bad frame must not stop every room
-                log.exception("flush")
-
-    def flush(self) -> None:
-        now = time.monotonic()
-        for room in list(self.rooms.values()):
-            if not room.clients:
-                room.pending.clear()
-                room.oldest_ms = room.newest_ms = None
-                continue
-            if room.pending and not room.due(now):
-                continue
-            if room.pending:
-                frame = {"t": "delta", "ts": now_ms(), "src": room.oldest_ms, "new": room.newest_ms,
-                         "ops": list(room.pending.values())}
-                room.pending.clear()
-                src, room.oldest_ms, room.newest_ms, room.urgent = frame["src"], None, None, False
-                self._broadcast(room, ws_text_frame(dumps(frame)), "delta")
-                if src:
-                    LATENCY.observe(max(0.0, (now_ms() - src) / 1000))
-            elif now - room.last_frame >= PING_S:
-                self._broadcast(room, ws_text_frame(dumps({"t": "ping", "ts": now_ms()})), "ping")
-            else:
-                continue
-            room.last_frame = now
-
-    def _broadcast(self, room: Room, frame: bytes, kind: str) -> None:
-        started = time.perf_counter()
-        self._write(room.clients, frame, kind)
-        BROADCAST.observe(time.perf_counter() - started)
-
-    def _write(self, clients: set[Client], frame: bytes, kind: str) -> None:
-        """The frame to each client that still reads; one that does not is cut off."""
-        sent, closing, slow = fanout.write_all(clients, frame, self.max_buffer)
-        for client in closing:
-            self._drop(client)
-        for client in slow:
-            CUT.inc()
-            log.info("cutting off a client that does not read (%d bytes queued)",
-                     client.transport.get_write_buffer_size())
-            client.transport.abort()
-            self._drop(client)
-        FRAMES.labels(kind=kind).inc(sent)
-
-    def _to_user(self, user_id: str, message: dict[str, Any]) -> None:
-        clients = self.by_user.get(user_id)
-        if clients:
-            self._write(clients, ws_text_frame(dumps({**message, "ts": now_ms()})), message["t"])
-
-    def _join(self, client: Client, key: str) -> None:
-        room = self.rooms.get(key)
-        if room is None:
-            room = self.rooms[key] = Room(key)
-        room.clients.add(client)
-        client.rooms.append(room)
-
-    def _drop(self, client: Client) -> None:
-        if not client.alive:
-            return
-        client.alive = False
-        for room in client.rooms:
-            room.clients.discard(client)
-        if client.user_id is not None:
-            users = self.by_user.get(client.user_id)
-            if users is not None:
-                users.discard(client)
-                if not users:
-                    del self.by_user[client.user_id]
-        self.clients -= 1
-        CLIENTS.set(self.clients)
 
     # ------------------------------------------------------------ Redis
 
@@ -438,7 +349,7 @@ class Push:
         ws = web.WebSocketResponse(compress=False, max_msg_size=8 * 1024, heartbeat=30)
         if not ws.can_prepare(request).ok:
             return problem(400, "websocket_expected", "this is a WebSocket endpoint")
-        if self.clients >= MAX_CLIENTS:
+        if self.rooms.clients >= MAX_CLIENTS:
             return problem(503, "too_many_clients", "this push gateway is full; try another")
         await ws.prepare(request)
         transport = request.transport
@@ -486,11 +397,11 @@ class Push:
         else:
             snapshot["jackpots"] = {jackpot_id: self.jackpot(jackpot_id).public()}
         client = Client(ws, transport, sock.fileno(), session.user_id if session else None)
-        self._join(client, room_key)
+        self.rooms.join(client, room_key)
         if session is not None:
-            self.by_user[session.user_id].add(client)
-        self.clients += 1
-        CLIENTS.set(self.clients)
+            self.rooms.by_user[session.user_id].add(client)
+        self.rooms.clients += 1
+        CLIENTS.set(self.rooms.clients)
         try:
             await ws.send_str(dumps(snapshot).decode())
             FRAMES.labels(kind="hello").inc()
@@ -500,7 +411,7 @@ class Push:
         except (ConnectionError, RuntimeError):
             pass
         finally:
-            self._drop(client)
+            self.rooms.drop(client)
         return ws
 
 

@@ -92,7 +92,7 @@ class PushHttp:
     async def health(self, request: web.Request) -> web.Response:
         if not self.push.ready.is_set():
             return problem(503, "starting", "catching up with Kafka")
-        return web.json_response({"status": "ok", "clients": self.push.clients, "channels": len(self.push.views)})
+        return web.json_response({"status": "ok", "clients": self.push.rooms.clients, "channels": len(self.push.views)})
 
 
 def proof_of_row(row: Any, chains: dict[str, dict[str, Any]]) -> dict[str, Any]:
