@@ -50,7 +50,7 @@ from streams.settings import Settings, get_settings
 from streams.topics import BET, JACKPOT, PAYOUT, TERM
 from web import push_http, sessions
 from web.http import problem
-from web.push_rooms import CLIENTS, FRAMES, Client, Rooms, dumps, now_ms
+from web.push_rooms import FRAMES, Client, Rooms, dumps, now_ms
 from web.push_view import ChannelView, JackpotView
 
 log = logging.getLogger("crash.push")
@@ -398,10 +398,6 @@ class Push:
             snapshot["jackpots"] = {jackpot_id: self.jackpot(jackpot_id).public()}
         client = Client(ws, transport, sock.fileno(), session.user_id if session else None)
         self.rooms.join(client, room_key)
-        if session is not None:
-            self.rooms.by_user[session.user_id].add(client)
-        self.rooms.clients += 1
-        CLIENTS.set(self.rooms.clients)
         try:
             await ws.send_str(dumps(snapshot).decode())
             FRAMES.labels(kind="hello").inc()

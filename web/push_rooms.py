@@ -172,11 +172,16 @@ class Rooms:
             self._write(clients, ws_text_frame(dumps({**message, "ts": now_ms()})), message["t"])
 
     def join(self, client: Client, key: str) -> None:
+        """Count a new client in, in its room and its player's clients: `drop` undoes all of it."""
         room = self.by_key.get(key)
         if room is None:
             room = self.by_key[key] = Room(key)
         room.clients.add(client)
         client.rooms.append(room)
+        if client.user_id is not None:
+            self.by_user[client.user_id].add(client)
+        self.clients += 1
+        CLIENTS.set(self.clients)
 
     def drop(self, client: Client) -> None:
         if not client.alive:
