@@ -2,7 +2,7 @@
 
 Importing this package registers nothing: `register()` imports the modules that declare Faust
 agents and timers on streams.app.app (the workers call it), so that a module used elsewhere
-(the operator views use agents.payout_adapter's outbox queries) brings no agent along.
+(the operator views use agents.payout_outbox's queries) brings no agent along.
 """
 from __future__ import annotations
 

@@ -16,7 +16,9 @@ A standalone asyncio process (not a Faust agent). The sink writes `payout_outbox
    from the outbox), and for a credited refund the bet's terminal outcome, BetRefunded, on
    game.bet (streams/refunds.py: the row's meta carries its cause and order).
 
-No float ever touches an amount: amounts are read from the row and sent as integers.
+No float ever touches an amount: amounts are read from the row and sent as integers. A row and
+the operators' queries of the outbox are agents/payout_outbox.py; the events' producer is
+agents/payout_events.py.
 """
 from __future__ import annotations
 
@@ -28,35 +30,28 @@ import logging
 import random
 import signal
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 from prometheus_client import start_http_server
 from sqlalchemy import bindparam, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from agents.payout_events import EventPublisher
+from agents.payout_outbox import OutboxRow, now_ms
 from sql.db import make_engine
 from streams import metrics
 from streams.backoff import backoff_ms
-from streams.codec import encode, type_header
-from streams.events import BetRefunded, Message, PayoutFailed, PayoutSucceeded
+from streams.events import Message, PayoutFailed, PayoutSucceeded
 from streams.refunds import refunded
 from streams.settings import Settings, get_settings
 from web.wallet_client import WalletClient, WalletRejected, WalletResult, WalletUnavailable
 
 log = logging.getLogger("crash.payout")
 
-# streams.topics.PAYOUT and BET; importing that module would build the Faust app's topic objects.
-PAYOUT_TOPIC = "game.payout"
-BET_TOPIC = "game.bet"
-STATUSES = ("ready", "sent", "acked", "failed", "cancelled")   # cancelled: a rolled-back jackpot award
 ERROR_CHARS = 512                # payout_outbox.last_error
 EVENT_ID_CHARS = 96              # event_log.event_id
-TRACE_ID_CHARS = 64              # event_log.trace_id
 FAILED_GAUGE_EVERY_S = 5.0
 DB_RETRY_CAP_MS = 5_000
 SINGLE_CREDIT_CONCURRENCY = 8
@@ -88,68 +83,12 @@ _RETRY = text("UPDATE payout_outbox SET status = 'ready', retry_count = :retry_c
 _COUNT_FAILED = text("SELECT COUNT(*) FROM payout_outbox WHERE status = 'failed'")
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 def _event_id(order_no: str, suffix: str) -> str:
     """`<order_no>.<suffix>`; an order_no too long for event_log.event_id is hashed (still deterministic)."""
     event_id = f"{order_no}.{suffix}"
     if len(event_id) <= EVENT_ID_CHARS:
         return event_id
     return f"{hashlib.sha256(order_no.encode()).hexdigest()[:64]}.{suffix}"
-
-
-def _json_value(value: Any) -> Any:
-    """JSON columns come back as text from MariaDB (JSON is an alias of LONGTEXT there)."""
-    if isinstance(value, str | bytes):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
-
-
-@dataclass(frozen=True)
-class OutboxRow:
-    id: int
-    order_no: str
-    kind: str
-    channel_id: str
-    term_id: str
-    bet_id: str | None
-    user_id: str
-    currency: str
-    amount: int
-    meta: dict[str, Any] | None
-    retry_count: int
-    created_at: int
-    lease: int
-
-    @classmethod
-    def from_db(cls, row: Any, lease: int) -> OutboxRow:
-        meta = _json_value(row.meta)
-        return cls(id=int(row.id), order_no=row.order_no, kind=row.kind, channel_id=row.channel_id,
-                   term_id=row.term_id, bet_id=row.bet_id, user_id=row.user_id, currency=row.currency,
-                   amount=int(row.amount), meta=meta if isinstance(meta, dict) else None,
-                   retry_count=int(row.retry_count), created_at=int(row.created_at), lease=lease)
-
-    def item(self) -> dict[str, Any]:
-        """The wallet credit of this row (web/apisys.openapi.yaml)."""
-        item: dict[str, Any] = {"order_no": self.order_no, "user_id": self.user_id, "currency": self.currency,
-                                "amount": self.amount, "kind": self.kind}
-        if self.meta is not None:
-            item["meta"] = self.meta
-        return item
-
-    def owned(self, now: int) -> dict[str, Any]:
-        return {"id": self.id, "lease": self.lease, "now": now}
-
-    def event_base(self, now: int) -> dict[str, Any]:
-        return {"channel_id": self.channel_id, "term_id": self.term_id, "ts": now,
-                "trace_id": self.order_no[:TRACE_ID_CHARS], "kind": self.kind, "order_no": self.order_no,
-                "user_id": self.user_id, "amount": self.amount, "currency": self.currency,
-                "bet_id": self.bet_id or ""}
 
 
 # What the wallet said about one row: a definitive WalletResult, or no definitive answer.
@@ -169,113 +108,6 @@ Answer = WalletResult | Unknown | Invalid
 
 def _short(error: str) -> str:
     return error if len(error) <= ERROR_CHARS else error[:ERROR_CHARS - 3] + "..."
-
-
-# ---------------------------------------------------------------- events
-
-class EventPublisher:
-    """PayoutSucceeded/PayoutFailed to game.payout and BetRefunded to game.bet, keyed by channel_id.
-
-    Lanes hand their events over and go on paying; one background task sends them and keeps what
-    Kafka did not acknowledge for the next round (same ids, so a resent event is a duplicate that
-    consumers drop). A Kafka outage therefore delays the events, never the payouts."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.topic = settings.topic(PAYOUT_TOPIC)
-        self.bet_topic = settings.topic(BET_TOPIC)
-        self._bootstrap = settings.kafka_bootstrap
-        self._producer: AIOKafkaProducer | None = None
-        # (topic, key, value, headers) of each event not yet acknowledged
-        self._pending: list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]] = []
-        self._in_flight = 0
-        self._wakeup = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._task: asyncio.Task[None] | None = None
-
-    @property
-    def backlog(self) -> int:
-        return len(self._pending) + self._in_flight
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    def publish(self, records: Sequence[Message]) -> None:
-        if not records:
-            return
-        self._pending.extend((self.bet_topic if isinstance(record, BetRefunded) else self.topic,
-                              record.channel_id.encode(), encode(record), type_header(record)) for record in records)
-        self._idle.clear()
-        self._wakeup.set()
-
-    async def _run(self) -> None:
-        failures = 0
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._pending:
-                if await self._send_pending():
-                    failures = 0
-                else:
-                    failures += 1
-                    await asyncio.sleep(min(5.0, 0.1 * 2 ** min(failures, 10)))
-            self._idle.set()
-
-    async def _ensure_producer(self) -> AIOKafkaProducer:
-        if self._producer is None:
-            producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks="all", enable_idempotence=True,
-                                        linger_ms=2, request_timeout_ms=15_000)
-            try:
-                await producer.start()
-            except BaseException:
-                try:
-                    await producer.stop()
-                except Exception:  # the start error is the one worth reporting
-                    pass
-                raise
-            self._producer = producer
-        return self._producer
-
-    async def _send_pending(self) -> bool:
-        """Send what is pending now; True when Kafka acknowledged all of it."""
-        batch, self._pending = self._pending, []
-        self._in_flight = len(batch)
-        try:
-            try:
-                producer = await self._ensure_producer()
-                futures = [await producer.send(topic, value=value, key=key, headers=headers)
-                           for topic, key, value, headers in batch]
-            except (KafkaError, OSError) as error:
-                log.warning("Kafka unavailable, %d events pending: %s", len(batch) + len(self._pending), error)
-                self._pending[:0] = batch
-                return False
-            outcomes = await asyncio.gather(*futures, return_exceptions=True)
-            failed = [message for message, outcome in zip(batch, outcomes, strict=True)
-                      if isinstance(outcome, BaseException)]
-            if failed:
-                log.warning("Kafka did not acknowledge %d of %d events (%s); they stay pending", len(failed),
-                            len(batch), next(o for o in outcomes if isinstance(o, BaseException)))
-                self._pending[:0] = failed
-            return not failed
-        finally:
-            self._in_flight = 0
-
-    async def close(self, timeout_s: float = 10.0) -> None:
-        """Send what is left (for at most `timeout_s`), then stop the producer."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
-        except TimeoutError:
-            # Not lost for good: the outbox rows say acked/failed, the events can be derived again.
-            log.error("exiting with %d PayoutSucceeded/PayoutFailed events not sent", self.backlog)
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        if self._producer is not None:
-            try:
-                await asyncio.wait_for(self._producer.stop(), timeout_s)
-            except (TimeoutError, KafkaError, OSError) as error:
-                log.warning("Kafka producer did not stop cleanly: %s", error)
-            self._producer = None
 
 
 # ---------------------------------------------------------------- the worker
@@ -496,43 +328,6 @@ class PayoutAdapter:
                 log.debug("could not count failed payouts: %s", error)
             self.failed_changed.clear()
             await _wait(stop, int(FAILED_GAUGE_EVERY_S * 1000), self.failed_changed)
-
-
-# ---------------------------------------------------------------- operator helpers
-
-_LIST_COLUMNS = ("id, order_no, kind, channel_id, term_id, bet_id, user_id, currency, amount, meta, status,"
-                 " retry_count, next_at, leased_until, last_error, receipt, created_at, updated_at")
-
-
-async def list_payouts(engine: AsyncEngine, status: str | None = None, limit: int = 100,
-                       operator_group: str = "") -> list[dict[str, Any]]:
-    """Newest outbox rows first, optionally of one status (ready|sent|acked|failed|cancelled) and
-    of the channels of one operator group."""
-    if status is not None and status not in STATUSES:
-        raise ValueError(f"status must be one of {', '.join(STATUSES)}")
-    limit = max(1, min(int(limit), 1000))
-    conditions = (["status = :status"] if status is not None else []) + (
-        ["channel_id IN (SELECT channel_id FROM channel WHERE operator_group = :group)"] if operator_group else [])
-    where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
-    query = text(f"SELECT {_LIST_COLUMNS} FROM payout_outbox {where}ORDER BY id DESC LIMIT :limit")
-    async with engine.connect() as conn:
-        rows = await conn.execute(query, {"status": status, "limit": limit, "group": operator_group})
-        return [{**row._mapping, "meta": _json_value(row.meta), "receipt": _json_value(row.receipt)}
-                for row in rows]
-
-
-async def retry_payout(engine: AsyncEngine, order_no: str) -> bool:
-    """Put a `failed` row back to `ready` (retry_count 0, due now, last_error kept for the record).
-    False when there is no failed row with this order_no."""
-    now = now_ms()
-    async with engine.begin() as conn:
-        result = await conn.execute(text(
-            "UPDATE payout_outbox SET status = 'ready', retry_count = 0, next_at = :now, leased_until = NULL,"
-            " updated_at = :now WHERE order_no = :order_no AND status = 'failed'"), {"now": now, "order_no": order_no})
-        changed = result.rowcount == 1
-    if changed:
-        log.warning("payout %s put back to ready by an operator", order_no)
-    return changed
 
 
 # ---------------------------------------------------------------- process

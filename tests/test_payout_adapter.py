@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import bindparam, make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from agents.payout_adapter import list_payouts, retry_payout
+from agents.payout_outbox import list_payouts, retry_payout
 from harness import BIN, LOGS, Process, free_port, mysql_root, now_ms, wait_for
 from sql.db import make_engine
 from sql.migrate import migration_files, split_statements

@@ -356,7 +356,7 @@ class VerifyView(web.View):
 class PayoutsView(web.View):
     async def get(self, request):
         """The payout outbox (players and amounts: reader or admin): ?status=failed &limit="""
-        from agents.payout_adapter import list_payouts
+        from agents.payout_outbox import list_payouts
         caller, error = await signed_caller(request, READ_ROLES)
         if error is not None:
             return error
@@ -375,7 +375,7 @@ class PayoutsView(web.View):
 class PayoutRetryView(web.View):
     async def post(self, request, order_no: str):
         """Send a failed payout again (the wallet is idempotent on order_no: never paid twice)."""
-        from agents.payout_adapter import retry_payout
+        from agents.payout_outbox import retry_payout
         body, error = await admin_body(request)
         if error:
             return error

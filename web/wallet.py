@@ -13,16 +13,16 @@ The game debits stakes from it and credits payouts to it; operators implement th
 - every request is HMAC-signed (web/signing.py): role game or admin for money, admin for /admin;
 - switches under /admin/faults inject latency, 5xx, late answers and lost answers, so that the
   payout adapter's retries can be tested against a wallet that misbehaves the way real ones do.
+
+Requests are read and validated by web/wallet_requests.py and applied by the Ledger
+(web/wallet_ledger.py); this module is the HTTP service around them.
 """
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import math
 import random
-import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -40,158 +40,36 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sql.db import make_engine
-from streams import ids
 from streams.audit import AuditLog, request_summary
 from streams.cache import REDIS_ERRORS, redis_client
 from streams.settings import Settings, get_settings
-from web import http
 from web.signing import CALLER, RedisNonceStore, Verifier, require_signature
+from web.wallet_ledger import Ledger, Outcome
+from web.wallet_requests import (
+    ACCOUNT_FIELDS,
+    BadRequest,
+    Operation,
+    amount_field,
+    check_fields,
+    currency_field,
+    json_object,
+    parse_batch,
+    parse_operation,
+    user_id_field,
+)
 
 log = logging.getLogger("crash.wallet")
 
 # The outcome label of a request for the wallet's metrics, set by whoever decided it.
 OUTCOME = web.RequestKey("outcome", str)
 MAX_BODY_BYTES = 64 * 1024
-MAX_BATCH_ITEMS = 500
-# Largest amount or balance accepted: the biggest integer a JSON reader using IEEE doubles
-# (JavaScript, many operator stacks) still reads exactly.
-MAX_AMOUNT = 2**53 - 1
 MAX_FAULT_MS = 600_000
 BATCH_CONCURRENCY = 8
-DB_ATTEMPTS = 5
-
-# Identifiers follow the game's one rule (streams/ids.py): a user id accepted by the bet API is
-# accepted here, and one refused here was refused there, so no payout or debit can be left
-# failed for good by a door that disagrees. An order_no is a caller's reference (a debit's
-# order_no is the bet's api_order_no) or the pipeline's payout number, references joined by
-# ':' (cashout:<bet_id>, refund:<bet_id>, refund:<channel_id>:<api_order_no>,
-# bonus:<award_id>:<rank>); callers' references have no ':', so the two never collide.
-ORDER_NO_MAX = 128
-ORDER_NO_RE = re.compile(rf"{ids.REFERENCE.pattern}(?::{ids.REFERENCE.pattern}){{0,3}}")
-USER_ID_RE = ids.REFERENCE
-CURRENCY_RE = ids.CURRENCY
-KIND_RE = re.compile(r"[A-Za-z0-9_.-]{0,32}")
-
-DEBIT_FIELDS = frozenset({"order_no", "user_id", "currency", "amount", "meta"})
-CREDIT_FIELDS = frozenset({"order_no", "user_id", "currency", "amount", "kind", "meta"})
-ACCOUNT_FIELDS = frozenset({"user_id", "currency", "balance"})
-
-CONFLICT_REASON = "order_no already used with different content"
-MYSQL_DUPLICATE_KEY = 1062
-# Deadlock and lock-wait timeout: the transaction was rolled back whole, so it can be re-run.
-MYSQL_RETRYABLE = frozenset({1205, 1213})
-
-
-class BadRequest(Exception):
-    """A request the wallet will not process (400); the text is the answer's `reason`."""
-
-
-# ---------------------------------------------------------------- validation
-
-def _json_object(body: bytes, what: str = "body") -> dict[str, Any]:
-    # The shared reader: invalid UTF-8, deep nesting, over-long integers, NaN are 400s.
-    if not body:
-        raise BadRequest(f"{what} is not valid JSON (empty)")
-    try:
-        return http.parse_json_object(body, what)
-    except http.BadRequest as error:
-        raise BadRequest(error.reason) from None
-
-
-def _check_fields(data: dict[str, Any], allowed: frozenset[str], prefix: str) -> None:
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise BadRequest(f"{prefix}unknown field {unknown[0]!r}")
-
-
-def _text(data: dict[str, Any], name: str, pattern: re.Pattern[str], rule: str, prefix: str = "") -> str:
-    if name not in data:
-        raise BadRequest(f"{prefix}missing field {name!r}")
-    value = data[name]
-    if not isinstance(value, str) or not pattern.fullmatch(value):
-        raise BadRequest(f"{prefix}{name} must be {rule}")
-    return value
-
-
-def _integer(value: Any, name: str, minimum: int, prefix: str = "") -> int:
-    # bool is a subclass of int in Python: true must not be read as 1 cent.
-    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_AMOUNT:
-        kind = "a positive" if minimum > 0 else "a non-negative"
-        raise BadRequest(f"{prefix}{name} must be {kind} integer in minor units (at most {MAX_AMOUNT})")
-    return value
-
-
-def _amount(data: dict[str, Any], name: str, minimum: int, prefix: str = "") -> int:
-    if name not in data:
-        raise BadRequest(f"{prefix}missing field {name!r}")
-    return _integer(data[name], name, minimum, prefix)
-
-
-def _user_id(data: dict[str, Any], prefix: str = "") -> str:
-    return _text(data, "user_id", USER_ID_RE,
-                 "1 to 64 characters of A-Z a-z 0-9 _ . -, starting with a letter or digit", prefix)
-
-
-def _currency(data: dict[str, Any], prefix: str = "") -> str:
-    return _text(data, "currency", CURRENCY_RE, "3 capital letters (ISO 4217)", prefix)
-
-
-@dataclass(frozen=True)
-class Operation:
-    """One balance change, as requested."""
-
-    op: str  # debit | credit | adjust
-    order_no: str
-    user_id: str
-    currency: str
-    amount: int  # debit/credit: the positive amount; adjust: the target balance
-    kind: str = ""
-    meta: dict[str, Any] | None = None
-
-    def digest(self) -> str:
-        """What "the same content" means for a repeated order_no: op, user, currency, amount."""
-        return hashlib.sha256(
-            f"{self.op}\n{self.user_id}\n{self.currency}\n{self.amount}".encode()).hexdigest()
-
-
-def parse_operation(data: dict[str, Any], op: str, prefix: str = "") -> Operation:
-    _check_fields(data, DEBIT_FIELDS if op == "debit" else CREDIT_FIELDS, prefix)
-    order_no = _text(data, "order_no", ORDER_NO_RE,
-                     "a reference (A-Z a-z 0-9 _ . -, starting with a letter or digit) or references joined by :",
-                     prefix)
-    if len(order_no) > ORDER_NO_MAX:
-        raise BadRequest(f"{prefix}order_no must be at most {ORDER_NO_MAX} characters")
-    user_id = _user_id(data, prefix)
-    currency = _currency(data, prefix)
-    amount = _amount(data, "amount", 1, prefix)
-    kind = ""
-    if op == "credit" and data.get("kind") is not None:
-        kind = _text(data, "kind", KIND_RE, "at most 32 characters of A-Z a-z 0-9 _ . -", prefix)
-    meta = data.get("meta")
-    if meta is not None and not isinstance(meta, dict):
-        raise BadRequest(f"{prefix}meta must be a JSON object")
-    return Operation(op, order_no, user_id, currency, amount, kind, meta)
-
-
-def parse_batch(body: bytes) -> list[Operation]:
-    data = _json_object(body)
-    _check_fields(data, frozenset({"items"}), "")
-    items = data.get("items")
-    if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH_ITEMS:
-        raise BadRequest(f"items must be a list of 1 to {MAX_BATCH_ITEMS} credits")
-    ops = []
-    for index, item in enumerate(items):
-        prefix = f"items[{index}]: "
-        if not isinstance(item, dict):
-            raise BadRequest(f"{prefix}must be a JSON object")
-        ops.append(parse_operation(item, "credit", prefix))
-    return ops
 
 
 # ---------------------------------------------------------------- faults
@@ -225,136 +103,6 @@ class Faults:
                 valid[name] = value
         for name, value in valid.items():
             setattr(self, name, value)
-
-
-# ---------------------------------------------------------------- persistence
-
-_INSERT_TX = text(
-    "INSERT INTO wallet_tx (order_no, op, user_id, currency, amount, kind, digest, status, result, meta,"
-    " created_at) VALUES (:order_no, :op, :user_id, :currency, :amount, :kind, :digest, 'pending', '{}',"
-    " :meta, :now)")
-_FINISH_TX = text(
-    "UPDATE wallet_tx SET status = :status, amount = :amount, balance_after = :balance, result = :result"
-    " WHERE tx_id = :tx_id")
-_STORED_TX = text("SELECT digest, result FROM wallet_tx WHERE order_no = :order_no")
-_LOCK_ACCOUNT = text(
-    "SELECT balance FROM wallet_account WHERE user_id = :user_id AND currency = :currency FOR UPDATE")
-_READ_BALANCE = text("SELECT balance FROM wallet_account WHERE user_id = :user_id AND currency = :currency")
-_ADD_TO_ACCOUNT = text(
-    "INSERT INTO wallet_account (user_id, currency, balance, created_at, updated_at)"
-    " VALUES (:user_id, :currency, :delta, :now, :now)"
-    " ON DUPLICATE KEY UPDATE balance = balance + VALUES(balance), updated_at = VALUES(updated_at)")
-_SET_ACCOUNT = text(
-    "UPDATE wallet_account SET balance = :balance, updated_at = :now"
-    " WHERE user_id = :user_id AND currency = :currency")
-
-
-def _mysql_code(error: DBAPIError) -> int | None:
-    args = getattr(error.orig, "args", ())
-    return args[0] if args and isinstance(args[0], int) else None
-
-
-class _Duplicate(Exception):
-    """The order_no is already in the journal (committed by someone else)."""
-
-
-@dataclass(frozen=True)
-class Outcome:
-    result: dict[str, Any]  # the answer body for this order_no
-    label: str  # ok | refused | conflict | replayed (metrics)
-
-    @property
-    def http_status(self) -> int:
-        return 200 if self.result["status"] == "ok" else 409
-
-
-class Ledger:
-    """Balances and the idempotent journal, in the `apisys` database."""
-
-    def __init__(self, engine: AsyncEngine, on_retry: Callable[[], None] = lambda: None) -> None:
-        self._engine = engine
-        self._on_retry = on_retry  # counts deadlock re-runs (metric)
-
-    async def apply(self, op: Operation) -> Outcome:
-        for attempt in range(DB_ATTEMPTS):
-            try:
-                return await self._apply_once(op)
-            except _Duplicate:
-                stored = await self._stored(op.order_no)
-                if stored is not None:
-                    return self._repeat(op, *stored)
-                # The row we collided with was rolled back after all: apply it ourselves.
-            except DBAPIError as error:
-                if _mysql_code(error) not in MYSQL_RETRYABLE or attempt == DB_ATTEMPTS - 1:
-                    raise
-                self._on_retry()
-                await asyncio.sleep(random.uniform(0.005, 0.02) * (attempt + 1))
-        raise RuntimeError(f"order {op.order_no}: gave up after {DB_ATTEMPTS} attempts")
-
-    async def _apply_once(self, op: Operation) -> Outcome:
-        now = int(time.time() * 1000)
-        key = {"user_id": op.user_id, "currency": op.currency}
-        async with self._engine.begin() as conn:
-            # The journal row first: its unique order_no makes a concurrent twin wait here until
-            # we commit, and then fail with a duplicate key instead of applying a second time.
-            try:
-                inserted = await conn.execute(_INSERT_TX, {
-                    **key, "order_no": op.order_no, "op": op.op, "amount": op.amount, "kind": op.kind,
-                    "digest": op.digest(), "meta": None if op.meta is None else json.dumps(op.meta),
-                    "now": now})
-            except IntegrityError as error:
-                if _mysql_code(error) == MYSQL_DUPLICATE_KEY:
-                    raise _Duplicate from error
-                raise
-            tx_id = str(inserted.lastrowid)
-            journal_amount = op.amount  # debit/credit: as requested, adjust: the signed change
-            if op.op == "credit":
-                await conn.execute(_ADD_TO_ACCOUNT, {**key, "delta": op.amount, "now": now})
-                balance: int | None = await self._balance(conn, op.user_id, op.currency)
-                status = "ok"
-            elif op.op == "debit":
-                current = (await conn.execute(_LOCK_ACCOUNT, key)).scalar_one_or_none() or 0
-                if current >= op.amount:
-                    balance = current - op.amount
-                    await conn.execute(_SET_ACCOUNT, {**key, "balance": balance, "now": now})
-                    status = "ok"
-                else:
-                    balance, status = None, "refused"
-            else:  # adjust: set the balance to op.amount, journal the difference
-                await conn.execute(_ADD_TO_ACCOUNT, {**key, "delta": 0, "now": now})  # exists + locked
-                current = (await conn.execute(_LOCK_ACCOUNT, key)).scalar_one()
-                await conn.execute(_SET_ACCOUNT, {**key, "balance": op.amount, "now": now})
-                balance, status, journal_amount = op.amount, "ok", op.amount - current
-            if status == "ok":
-                result: dict[str, Any] = {"order_no": op.order_no, "status": "ok", "balance": balance,
-                                          "tx_id": tx_id}
-            else:
-                result = {"order_no": op.order_no, "status": "refused", "reason": "insufficient_funds"}
-            await conn.execute(_FINISH_TX, {"status": status, "amount": journal_amount, "balance": balance,
-                                            "result": json.dumps(result), "tx_id": tx_id})
-        return Outcome(result, status)
-
-    async def _stored(self, order_no: str) -> tuple[str, dict[str, Any]] | None:
-        async with self._engine.connect() as conn:
-            row = (await conn.execute(_STORED_TX, {"order_no": order_no})).one_or_none()
-        if row is None:
-            return None
-        return row.digest, json.loads(row.result)
-
-    @staticmethod
-    def _repeat(op: Operation, digest: str, result: dict[str, Any]) -> Outcome:
-        if digest != op.digest():
-            return Outcome({"order_no": op.order_no, "status": "conflict", "reason": CONFLICT_REASON}, "conflict")
-        return Outcome({**result, "replayed": True}, "replayed")
-
-    @staticmethod
-    async def _balance(conn: AsyncConnection, user_id: str, currency: str) -> int:
-        value = (await conn.execute(_READ_BALANCE, {"user_id": user_id, "currency": currency})).scalar()
-        return int(value or 0)
-
-    async def balance(self, user_id: str, currency: str) -> int:
-        async with self._engine.connect() as conn:
-            return await self._balance(conn, user_id, currency)
 
 
 # ---------------------------------------------------------------- metrics
@@ -510,7 +258,7 @@ class WalletService:
 
     async def _single(self, request: web.Request, op_name: str) -> web.Response:
         try:
-            op = parse_operation(_json_object(await request.read()), op_name)
+            op = parse_operation(json_object(await request.read()), op_name)
         except BadRequest as error:
             return self._bad(request, error)
 
@@ -536,8 +284,8 @@ class WalletService:
 
     async def balance(self, request: web.Request) -> web.Response:
         try:
-            user_id = _user_id({"user_id": request.match_info["user_id"]})
-            currency = _currency(dict(request.query))
+            user_id = user_id_field({"user_id": request.match_info["user_id"]})
+            currency = currency_field(dict(request.query))
         except BadRequest as error:
             return self._bad(request, error)
         request[OUTCOME] = "ok"
@@ -557,7 +305,7 @@ class WalletService:
 
     async def set_faults(self, request: web.Request) -> web.Response:
         try:
-            changes = _json_object(await request.read())
+            changes = json_object(await request.read())
             Faults(**asdict(self.faults)).update(changes)       # validate on a copy first
         except BadRequest as error:
             return self._bad(request, error)
@@ -571,10 +319,10 @@ class WalletService:
 
     async def set_account(self, request: web.Request) -> web.Response:
         try:
-            data = _json_object(await request.read())
-            _check_fields(data, ACCOUNT_FIELDS, "")
-            user_id, currency = _user_id(data), _currency(data)
-            balance = _amount(data, "balance", 0)
+            data = json_object(await request.read())
+            check_fields(data, ACCOUNT_FIELDS, "")
+            user_id, currency = user_id_field(data), currency_field(data)
+            balance = amount_field(data, "balance", 0)
         except BadRequest as error:
             return self._bad(request, error)
         op = Operation("adjust", f"adjust:{uuid.uuid4().hex}", user_id, currency, balance, kind="admin",
