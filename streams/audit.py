@@ -23,15 +23,13 @@ The API other code calls::
     await audit.append(actor, key_id, action, audit.request_summary(request, body), target=...)
 
 `AuditLog(engine)` is the same on another database (the reference wallet keeps its own chain in
-its own database).
+its own database). The WORM copy (S3 Object Lock) is `streams/audit_worm.py`; the `crash-audit`
+command, `streams/audit_cli.py`.
 """
 from __future__ import annotations
 
-import argparse
-import asyncio
 import hashlib
 import json
-import logging
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -43,10 +41,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-__all__ = ["AuditLog", "AuditRow", "Segment", "append", "chain_breaks", "request_summary", "row_hash", "GENESIS",
-           "main"]
-
-log = logging.getLogger("crash.audit")
+__all__ = ["AuditLog", "AuditRow", "Segment", "append", "chain_breaks", "request_summary", "row_hash", "GENESIS"]
 
 GENESIS = "0" * 64
 MAX_FIELD = {"actor": 128, "key_id": 64, "action": 64, "target": 255}
@@ -276,110 +271,6 @@ def segment_body(chain: str, number: int, rows: list[AuditRow]) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-# -------------------------------------------------------------------- WORM storage (S3 Object Lock)
-
-class WormStore:
-    """An S3 bucket with Object Lock; every segment is written once, locked in COMPLIANCE mode."""
-
-    def __init__(self, settings) -> None:
-        import boto3
-        from botocore.config import Config
-
-        self.bucket = settings.audit_s3_bucket
-        credentials = {}
-        if settings.audit_s3_access_key_id:
-            credentials = {"aws_access_key_id": settings.audit_s3_access_key_id,
-                           "aws_secret_access_key": settings.audit_s3_secret_access_key}
-        self.client = boto3.client("s3", endpoint_url=settings.audit_s3_endpoint or None,
-                                   region_name=settings.audit_s3_region,
-                                   config=Config(retries={"mode": "standard", "max_attempts": 5},
-                                                 connect_timeout=5, read_timeout=30), **credentials)
-
-    def ensure_bucket(self, create: bool = False) -> None:
-        """Refuse a bucket without Object Lock (a WORM export to it would be a lie); create one
-        (local servers only: production buckets are provisioned with their policy)."""
-        from botocore.exceptions import ClientError
-        try:
-            config = self.client.get_object_lock_configuration(Bucket=self.bucket)["ObjectLockConfiguration"]
-        except ClientError as error:
-            code = error.response.get("Error", {}).get("Code", "")
-            if not create or code not in ("NoSuchBucket", "404"):
-                raise RuntimeError(f"bucket {self.bucket}: no Object Lock configuration ({code})") from error
-            self.client.create_bucket(Bucket=self.bucket, ObjectLockEnabledForBucket=True)
-            config = self.client.get_object_lock_configuration(Bucket=self.bucket)["ObjectLockConfiguration"]
-        if config.get("ObjectLockEnabled") != "Enabled":
-            raise RuntimeError(f"bucket {self.bucket} does not have Object Lock enabled")
-
-    def put(self, key: str, body: bytes, retain_until_ms: int) -> str:
-        """Write a segment once (If-None-Match: * refuses a second version under its key)."""
-        from botocore.exceptions import ClientError
-        until = datetime.fromtimestamp(retain_until_ms / 1000, UTC)
-        try:
-            answer = self.client.put_object(
-                Bucket=self.bucket, Key=key, Body=body, ContentType="application/x-ndjson", IfNoneMatch="*",
-                ObjectLockMode="COMPLIANCE", ObjectLockRetainUntilDate=until, ChecksumAlgorithm="SHA256")
-            return answer.get("VersionId") or ""
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") != "PreconditionFailed":
-                raise
-        # Already there (an export whose bookkeeping was lost): it must be the same bytes.
-        existing = self.get(key)
-        if existing is None or existing[0] != body:
-            raise RuntimeError(f"{key} already exists on WORM storage with other content")
-        return existing[1]
-
-    def get(self, key: str, version_id: str | None = None) -> tuple[bytes, str] | None:
-        from botocore.exceptions import ClientError
-        try:
-            args = {"Bucket": self.bucket, "Key": key, **({"VersionId": version_id} if version_id else {})}
-            answer = self.client.get_object(**args)
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "NoSuchVersion", "404"):
-                return None
-            raise
-        return answer["Body"].read(), answer.get("VersionId") or ""
-
-    def lock_of(self, key: str, version_id: str) -> tuple[str | None, datetime | None]:
-        head = self.client.head_object(Bucket=self.bucket, Key=key, VersionId=version_id)
-        return head.get("ObjectLockMode"), head.get("ObjectLockRetainUntilDate")
-
-
-async def export(log_: AuditLog, store: WormStore, settings, force: bool = False) -> list[Segment]:
-    """Seal what is due and put every unexported segment on WORM storage; returns those exported."""
-    await log_.seal(settings.audit_segment_rows, settings.audit_seal_after_s * 1000, settings.audit_retention_days,
-                    force=force)
-    done: list[Segment] = []
-    for segment in await log_.segments(unexported_only=True):
-        body = await log_.segment_bytes(segment)
-        if hashlib.sha256(body).hexdigest() != segment.body_sha256:
-            raise RuntimeError(f"segment {segment.segment_no}: rows changed since it was sealed; not exported")
-        version = await asyncio.to_thread(store.put, segment.object_key, body, segment.retain_until)
-        await log_.mark_exported(segment, version)
-        done.append(segment)
-        log.info("exported audit segment %d (rows %d..%d) to %s", segment.segment_no, segment.first_seq,
-                 segment.last_seq, segment.object_key)
-    return done
-
-
-async def verify_worm(log_: AuditLog, store: WormStore) -> list[str]:
-    """Compare the database's sealed segments with their WORM copies."""
-    problems: list[str] = []
-    for segment in await log_.segments():
-        if segment.exported_at is None:
-            continue
-        stored = await asyncio.to_thread(store.get, segment.object_key, segment.version_id)
-        if stored is None:
-            problems.append(f"segment {segment.segment_no}: missing from the WORM bucket ({segment.object_key})")
-            continue
-        if stored[0] != await log_.segment_bytes(segment):
-            problems.append(f"segment {segment.segment_no} (rows {segment.first_seq}..{segment.last_seq}): the"
-                            " database differs from its WORM copy")
-        mode, _until = await asyncio.to_thread(store.lock_of, segment.object_key, stored[1])
-        if mode != "COMPLIANCE":
-            problems.append(f"segment {segment.segment_no}: its WORM copy is not locked in COMPLIANCE mode")
-    return problems
-
-
 # -------------------------------------------------------------------- key changes
 
 def key_fingerprints(api_keys: Mapping[str, tuple[str, str]]) -> dict[str, str]:
@@ -403,7 +294,7 @@ async def record_key_set(log_: AuditLog, api_keys: Mapping[str, tuple[str, str]]
     return await log_.append(actor, "", "keys.changed", {"keys": current, **changes}, target="api_keys")
 
 
-# -------------------------------------------------------------------- the default log and the CLI
+# -------------------------------------------------------------------- the default log
 
 _default: AuditLog | None = None
 
@@ -422,70 +313,3 @@ async def append(actor: str, key_id: str, action: str, request_summary: Mapping[
                  target: str = "") -> AuditRow:
     """Append to this process's audit log (see the module docstring); raises if it cannot."""
     return await default_log().append(actor, key_id, action, request_summary, target=target)
-
-
-def _log_for(settings, database: str) -> AuditLog:
-    from sql.db import make_engine
-    url = {"crash": settings.db_url, "apisys": settings.wallet_db_url}[database]
-    return AuditLog(make_engine(url, pool_size=2), chain=database)
-
-
-async def _run(args: argparse.Namespace) -> int:
-    from streams.settings import get_settings
-    settings = get_settings()
-    logs = [_log_for(settings, database) for database in args.db.split(",")]
-    code = 0
-    try:
-        if args.command == "verify":
-            store = WormStore(settings) if args.s3 else None
-            for log_ in logs:
-                problems = await log_.verify()
-                if store is not None:
-                    problems += await verify_worm(log_, store)
-                for problem in problems:
-                    print(f"{log_.chain}: {problem}")
-                print(f"{log_.chain}: {len(await log_.rows())} rows, {len(await log_.segments())} sealed segments: "
-                      + ("INTACT" if not problems else f"{len(problems)} PROBLEM(S)"))
-                code = code or (1 if problems else 0)
-        else:
-            store = WormStore(settings)
-            await asyncio.to_thread(store.ensure_bucket, args.create_bucket)
-            while True:
-                for log_ in logs:
-                    try:
-                        if log_.chain == "crash":
-                            await record_key_set(log_, settings.api_keys)
-                        done = await export(log_, store, settings, force=args.force)
-                        print(f"{log_.chain}: exported {len(done)} segment(s)", flush=True)
-                    except Exception as error:
-                        if not args.every:
-                            raise
-                        log.error("%s: export failed, next try in %s s: %s", log_.chain, args.every, error)
-                if not args.every:
-                    break
-                await asyncio.sleep(args.every)
-    finally:
-        for log_ in logs:
-            await log_.engine.dispose()
-    return code
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`crash-audit verify [--s3] [--db crash,apisys]` | `crash-audit export [--every S] [--force]`."""
-    parser = argparse.ArgumentParser(prog="crash-audit", description="The hash-chained audit log")
-    sub = parser.add_subparsers(dest="command", required=True)
-    verify = sub.add_parser("verify", help="report tampered, removed or reordered rows (exit 1 if any)")
-    verify.add_argument("--s3", action="store_true", help="also compare sealed segments with their WORM copies")
-    export_ = sub.add_parser("export", help="seal due segments and put them on S3 Object Lock (COMPLIANCE)")
-    export_.add_argument("--every", type=float, default=0, help="repeat every N seconds (default: once)")
-    export_.add_argument("--force", action="store_true", help="seal the open rows now, however few")
-    export_.add_argument("--create-bucket", action="store_true", help="create the bucket (local servers)")
-    for p in (verify, export_):
-        p.add_argument("--db", default="crash", help="crash, apisys (the reference wallet), or both")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return asyncio.run(_run(args))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

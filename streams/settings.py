@@ -185,9 +185,10 @@ class Settings:
     # Origins allowed to call the page's actions on the bet API (CORS), comma-separated or "*".
     page_origins: str = field(default_factory=lambda: _env("CRASH_PAGE_ORIGINS", "*"))
     log_level: str = field(default_factory=lambda: _env("CRASH_LOG_LEVEL", "info"))
-    # Audit log (streams/audit.py): sealed segments go to S3 Object Lock (COMPLIANCE). An empty
-    # endpoint is AWS itself; the stack runs a local S3-compatible server. Credentials may be
-    # left unset in production, where the SDK's own chain (IAM role, IRSA) applies.
+    # Audit log (streams/audit.py, its export streams/audit_worm.py): sealed segments go to S3 Object
+    # Lock (COMPLIANCE). An empty endpoint is AWS itself; the stack runs a local S3-compatible
+    # server. Credentials may be left unset in production, where the SDK's own chain (IAM role,
+    # IRSA) applies.
     audit_s3_endpoint: str = field(default_factory=lambda: _env("CRASH_AUDIT_S3_ENDPOINT", ""))
     audit_s3_region: str = field(default_factory=lambda: _env("CRASH_AUDIT_S3_REGION", "us-east-1"))
     audit_s3_bucket: str = field(default_factory=lambda: _env("CRASH_AUDIT_S3_BUCKET", "crash-audit"))

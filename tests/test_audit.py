@@ -1,5 +1,5 @@
-"""The audit log (streams/audit.py): hash-chained rows, `crash-audit verify`, sealed segments on
-S3 Object Lock (COMPLIANCE) through the stack's local S3 server, and the writes that append.
+"""The audit log (streams/audit.py, audit_worm.py, audit_cli.py): hash-chained rows, `crash-audit verify`,
+sealed segments on S3 Object Lock (COMPLIANCE) through the stack's local S3 server, and the writes that append.
 
 Against the test profile's MariaDB (a database of its own per test module), its local S3 server
 (streams/s3_local.py, started by `./stack`) and, for the wiring, real worker and wallet processes.
@@ -25,7 +25,8 @@ from sqlalchemy import text
 from harness import Pipeline, migrated_database, wait_for
 from sql.db import make_engine
 from streams import audit
-from streams.audit import AuditLog, WormStore, export, record_key_set, verify_worm
+from streams.audit import AuditLog, record_key_set
+from streams.audit_worm import WormStore, export, verify_worm
 from streams.settings import Settings, get_settings
 
 BIN = Path(sys.executable).parent

@@ -58,7 +58,7 @@ def test_a_process_figure_counts_its_children():
 
 
 def test_a_step_waits_for_a_quiet_machine_but_not_for_ever():
-    from streams.bench.runs import quiet_machine
+    from streams.bench.watch import quiet_machine
 
     started = time.monotonic()
     busy = asyncio.run(quiet_machine(share=1.0, timeout_s=30, interval_s=0.2))

@@ -1,7 +1,7 @@
 """crash-bench's search for the highest offered rate that meets a latency bound."""
 import asyncio
 
-from streams.bench.runs import next_rate, search_rates
+from streams.bench.stats import next_rate, search_rates
 
 
 def search(capacity: int, ladder: list[int], overload: int | None = None) -> tuple[int | None, list[int]]:

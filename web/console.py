@@ -4,7 +4,7 @@ An operator logs in with a name and a password (web/accounts.py; accounts are ma
 `crash-admin operator add`) and gets a short-lived session. The page then calls the same /ops
 views as HMAC callers, authenticated by the session cookie instead of a signature, with the
 same roles and operator-group scoping: the raw HMAC keys never reach a browser.
-`web.operator_views.signed_caller` is the one place that decides who is calling (a signature,
+`web.ops_requests.signed_caller` is the one place that decides who is calling (a signature,
 or a session through `session_caller` here).
 
     POST /ops/login    {name, password}  200 {name, role, group, expires_at, csrf_token} + the cookie

@@ -32,16 +32,8 @@ from streams.jackpot_verify import verify_jackpot
 from streams.topics import command_topic, jackpot_command_topic
 from web.http import problem
 from web.jackpot_api import RULES
-from web.operator_views import (
-    READ_ROLES,
-    admin_body,
-    app,
-    fetch_all,
-    out_of_scope,
-    presents_credentials,
-    sent,
-    signed_caller,
-)
+from web.operator_views import app, fetch_all, sent
+from web.ops_requests import READ_ROLES, admin_body, out_of_scope, presents_credentials, signed_caller
 from web.ops_resources import db, redis
 
 __all__ = ["channels_in_scope"]

@@ -8,5 +8,6 @@ because on a 2-core machine shared by everything only ratios are stable.
 
 Modules: deploy (the isolated pipeline and its processes' CPU times), load (the load generators,
 run as their own processes so that their CPU is not the pipeline's), bare (the baselines),
-runs (the measurements), report (table, JSON, comparison), cli (the command).
+runs (the measurements), watch (what they follow and wait for), stats (the arithmetic over their
+figures, the rate search), report (table, JSON, comparison), cli (the command).
 """

@@ -1,16 +1,15 @@
 """The benchmark's measurements. Each returns a dict of figures; `Run` holds what they share: the
-deployments, the load processes they start, the accepted bets to find in MySQL at the end."""
+deployments, the load processes they start, the accepted bets to find in MySQL at the end. What a
+phase follows and waits for is in watch.py, the arithmetic over its figures in stats.py."""
 from __future__ import annotations
 
 import asyncio
 import json
-import math
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,19 @@ from streams.bench.deploy import (
     tree_cpu,
     wait_for,
 )
+from streams.bench.stats import latency_figures, per_1000, quantile, search_rates, steady_rate
+from streams.bench.watch import (
+    JackpotCounter,
+    TickFollower,
+    at_least,
+    in_state,
+    jackpot_live,
+    newer_term,
+    pre_start,
+    quiet_machine,
+)
 
-__all__ = ["Run", "quantile", "next_rate", "CHANNEL_CONFIG"]
+__all__ = ["Run", "CHANNEL_CONFIG"]
 
 # Long betting windows (10 minutes, the most a config allows: every phase gets a fresh channel) so
 # that the throughput phases never run into a closed window; a term that must fly is started by
@@ -39,69 +49,6 @@ CHANNEL_CONFIG: dict[str, Any] = {
     "currencies": {"EUR": {"min_bet": 10, "max_bet": 100_000, "max_bets_per_user": 1000, "max_win": 10**12,
                            "max_payout_per_term": 10**15}},
 }
-
-
-def quantile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
-
-
-def latency_figures(values: list[float]) -> dict[str, float | None]:
-    return {"p50_ms": quantile(values, 0.5), "p99_ms": quantile(values, 0.99),
-            "max_ms": max(values) if values else None}
-
-
-# After the ladder of offered rates, at most this many more steps look for the highest rate that
-# meets a latency bound, between the highest rate that met it and the lowest that did not.
-REFINE_STEPS = 3
-# A latency step starts once the machine has been at most this busy (share of all its cores) for
-# a second, or after QUIET_TIMEOUT_S: the settlement of the sustained phase's 35,000-bet term and
-# the sink's catching up took 0.9 of the box into the next phase's first steps (2026-12-04).
-QUIET_SHARE = 0.35
-QUIET_TIMEOUT_S = 60.0
-
-
-def next_rate(outcomes: dict[int, bool], smallest: int = 25) -> int | None:
-    """The offered rate to try next when searching for the highest rate that meets a bound, from
-    the rates tried so far (rate -> met it); None when the answer is known closely enough: within
-    a fifth of the lowest failing rate above it, or the highest rate tried passed."""
-    passed = [rate for rate, ok in outcomes.items() if ok]
-    low = max(passed, default=0)
-    above = [rate for rate, ok in outcomes.items() if not ok and rate > low]
-    if not above:
-        return None
-    high = min(above)
-    if high - low <= max(smallest, high // 5):
-        return None
-    rate = (low + high) // 2 // smallest * smallest
-    return rate if low < rate < high and rate >= smallest else None
-
-
-async def search_rates(rates: list[int], run_step: Callable[[int], Awaitable[dict[str, Any]]],
-                       meets: Callable[[dict[str, Any]], bool], far_over: Callable[[dict[str, Any]], bool]
-                       ) -> tuple[list[dict[str, Any]], int | None]:
-    """Steps at the offered `rates` (stopping once one is `far_over` capacity: higher rates would
-    only measure the backlog), then up to REFINE_STEPS more between the highest rate that `meets`
-    the bound and the lowest that did not. The steps by offered rate, and that highest rate."""
-    steps: list[dict[str, Any]] = []
-    met: dict[int, bool] = {}
-    for rate in rates:
-        step = await run_step(rate)
-        steps.append(step)
-        met[rate] = meets(step)
-        if far_over(step):
-            break
-    for _ in range(REFINE_STEPS):
-        rate = next_rate(met)
-        if rate is None:
-            break
-        step = await run_step(rate)
-        steps.append(step)
-        met[rate] = meets(step)
-    steps.sort(key=lambda step: step["offered_per_s"])
-    return steps, max((rate for rate, ok in met.items() if ok), default=None)
 
 
 @dataclass
@@ -257,7 +204,7 @@ class Run:
         accepted = len(result["accepted"])
         refused = {k: v for k, v in result["outcomes"].items() if not k.startswith("accepted")}
         timeline = result.get("timeline", [])
-        steady = _steady_rate(timeline, seconds)
+        steady = steady_rate(timeline, seconds)
         in_time = max((n for t, n in timeline if t <= seconds), default=0)
         in_window = [n for t, n in samples if t <= t0 + seconds + 1]
         mysql_in_window = in_window[-1] if in_window else 0
@@ -273,7 +220,7 @@ class Run:
             "decision_latency_ms": latency_figures(result["latencies_ms"]),
             "cpu_s": self.cpu_delta(cpu0, cpu1), "load_cpu_s": round(result["cpu_s"], 2), "box": box_busy(box0, box1),
         }
-        figures["cpu_s_per_1000_bets"] = _per_1000(figures, in_time)
+        figures["cpu_s_per_1000_bets"] = per_1000(figures, in_time)
         if contributions is not None:
             figures["jackpot_contributions_in_window"] = contributed
             figures["jackpot_contributions_per_s"] = round(contributed / seconds)
@@ -289,7 +236,7 @@ class Run:
         """Seconds until MySQL holds `expected` rows (None: it never did within the timeout)."""
         started = time.perf_counter()
         try:
-            await wait_for(lambda: _at_least(dep, rows_sql, params, expected), timeout, "the sink to drain", 0.5)
+            await wait_for(lambda: at_least(dep, rows_sql, params, expected), timeout, "the sink to drain", 0.5)
         except TimeoutError:
             return None
         return round(time.perf_counter() - started, 1)
@@ -321,7 +268,7 @@ class Run:
                 "outcomes": {k: v for k, v in result["outcomes"].items() if not k.startswith("200")},
                 "cpu_s": self.cpu_delta(cpu0, cpu1), "load_cpu_s": round(result["cpu_s"], 2),
                 "box": {**box_busy(box0, box1), "busy_share_before": busy_before}}
-        step["cpu_s_per_1000_bets"] = _per_1000(step, accepted)
+        step["cpu_s_per_1000_bets"] = per_1000(step, accepted)
         if profiles:
             step["profiles"] = await self.profile_summaries(profiles)
         await asyncio.sleep(2)
@@ -340,7 +287,7 @@ class Run:
         await store.close()
         growth = float(CHANNEL_CONFIG["growth_per_ms"])
         while True:
-            term = await wait_for(lambda: _pre_start(dep, channel), 60, f"a term of {channel} taking bets", 0.2)
+            term = await wait_for(lambda: pre_start(dep, channel), 60, f"a term of {channel} taking bets", 0.2)
             crash = fairness.crash_point_x100(chain.hash_at(term["chain_index"]), chain.salt, 100,
                                               CHANNEL_CONFIG["max_multiple_x100"])
             flight_s = money.ms_to_reach(crash, growth) / 1000
@@ -348,13 +295,13 @@ class Run:
                 break
             status, body = await dep.ops("POST", f"/ops/channels/{channel}/abort", {"reason": "bench: too short"})
             seq = term["seq"]
-            await wait_for(lambda s=seq: _newer_term(dep, channel, s), 60, "the next term", 0.2)
+            await wait_for(lambda s=seq: newer_term(dep, channel, s), 60, "the next term", 0.2)
         placed = await self.load(dep, "kafka", channel=channel, count=bets, seconds=600, window=2000, users=bets,
                                  tag="f", auto=(crash - 1) if auto_targets else None, spread=auto_targets)
         if len(placed["accepted"]) != bets:
             raise RuntimeError(f"only {len(placed['accepted'])} of {bets} bets accepted: {placed['outcomes']}")
         status, body = await dep.ops("POST", f"/ops/channels/{channel}/start", {})
-        flying = await wait_for(lambda: _in_state(dep, term["term_id"], "flying"), 60, "the term to fly", 0.05)
+        flying = await wait_for(lambda: in_state(dep, term["term_id"], "flying"), 60, "the term to fly", 0.05)
         return {"term": flying, "crash_x100": crash, "flight_s": flight_s, "bets": placed["accepted"]}
 
     async def cashouts(self, dep: Deployment, channel: str, background_channel: str, rate: int, seconds: float,
@@ -466,11 +413,11 @@ class Run:
             if status != 202:
                 raise RuntimeError(f"jackpot not created: {status} {body}")
         for jackpot_id in ids:
-            await wait_for(lambda j=jackpot_id: _jackpot_live(dep, j), 60, f"jackpot {jackpot_id}", 0.2)
+            await wait_for(lambda j=jackpot_id: jackpot_live(dep, j), 60, f"jackpot {jackpot_id}", 0.2)
         # The channel's config lists them from its next term: void the current one.
         term = await dep.live_term(channel)
         await dep.ops("POST", f"/ops/channels/{channel}/abort", {"reason": "bench: feed the jackpots"})
-        await wait_for(lambda: _newer_term(dep, channel, term["seq"]), 60, "the next term", 0.2)
+        await wait_for(lambda: newer_term(dep, channel, term["seq"]), 60, "the next term", 0.2)
         return ids
 
     async def contribute_api(self, dep: Deployment, jackpot_id: str, rates: list[int], seconds: float
@@ -546,136 +493,6 @@ class Run:
         if missing:
             self.errors.append(f"{len(missing)} accepted bets are not in MySQL ({dep.name}),"
                                f" e.g. {sorted(missing)[:3]}")
-
-
-async def quiet_machine(share: float = QUIET_SHARE, timeout_s: float = QUIET_TIMEOUT_S,
-                        interval_s: float = 1.0) -> float:
-    """Wait until the machine's last `interval_s` was at most `share` busy (or `timeout_s` has
-    passed), so that a step measures its own load and not what an earlier phase left running;
-    the busy share of that last interval."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        before = box_cpu()
-        await asyncio.sleep(interval_s)
-        busy = box_busy(before, box_cpu())["busy_share"]
-        if busy <= share or time.monotonic() >= deadline:
-            return busy
-
-
-def _per_1000(figures: dict[str, Any], bets: int) -> dict[str, float]:
-    """CPU seconds per 1,000 bets of each process, of the load generator, and of the whole
-    machine (`box`: every process and the kernel, so more than the sum of the others)."""
-    cpu = {**figures["cpu_s"], "load generator": figures["load_cpu_s"], "box": figures["box"]["busy_cpu_s"]}
-    return {k: round(v / max(1, bets) * 1000, 3) for k, v in cpu.items()}
-
-
-def _steady_rate(timeline: list[list[float]], seconds: float) -> int | None:
-    """Answers per second between 20 % and 90 % of the sending time (no ramp-up, no drain)."""
-    inside = [(t, n) for t, n in timeline if 0.2 * seconds <= t <= 0.9 * seconds]
-    if len(inside) < 2:
-        return None
-    (t0, n0), (t1, n1) = inside[0], inside[-1]
-    return round((n1 - n0) / (t1 - t0)) if t1 > t0 else None
-
-
-async def _at_least(dep: Deployment, sql: str, params: dict[str, Any], expected: int) -> bool:
-    return await dep.count(sql, **params) >= expected
-
-
-async def _pre_start(dep: Deployment, channel: str) -> dict[str, Any] | None:
-    term = await dep.live_term(channel)
-    return term if term and term["state"] == "pre_start" else None
-
-
-async def _newer_term(dep: Deployment, channel: str, seq: int) -> bool:
-    term = await dep.live_term(channel)
-    return bool(term and term["seq"] > seq and term["state"] == "pre_start")
-
-
-async def _in_state(dep: Deployment, term_id: str, state: str) -> dict[str, Any] | None:
-    rows = await dep.rows("SELECT * FROM crash_term WHERE term_id = :t", t=term_id)
-    return rows[0] if rows and rows[0]["state"] == state else None
-
-
-async def _jackpot_live(dep: Deployment, jackpot_id: str) -> bool:
-    status, _ = await dep.signed(dep.gateway_url, "reader", "GET", f"/jackpot/{jackpot_id}")
-    return status == 200
-
-
-class JackpotCounter:
-    """Counts JackpotContributed items on game.jackpot (the pipeline's contributions)."""
-
-    def __init__(self, dep: Deployment) -> None:
-        self.dep = dep
-        self.items = 0
-        self.task: asyncio.Task | None = None
-        self.consumer = None
-
-    async def start(self) -> None:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-        topic = self.dep.topic("game.jackpot")
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.dep.base.kafka_bootstrap, group_id=None,
-                                         enable_auto_commit=False)
-        await self.consumer.start()
-        tps = [TopicPartition(topic, p) for p in range(self.dep.base.partitions)]
-        self.consumer.assign(tps)
-        await self.consumer.seek_to_end(*tps)
-        for tp in tps:
-            await self.consumer.position(tp)
-        self.task = asyncio.create_task(self._count())
-
-    async def _count(self) -> None:
-        assert self.consumer is not None
-        while True:
-            for messages in (await self.consumer.getmany(timeout_ms=200)).values():
-                for m in messages:
-                    if b'"JackpotContributed"' in m.value:
-                        self.items += len(json.loads(m.value)["items"])
-
-    async def stop(self, linger_s: float = 5) -> int:
-        await asyncio.sleep(linger_s)          # the last batches' contributions
-        assert self.task is not None and self.consumer is not None
-        self.task.cancel()
-        await self.consumer.stop()
-        return self.items
-
-
-class TickFollower:
-    """Receive times of a channel's TermTick events (its game.term partition, read from its end)."""
-
-    def __init__(self, dep: Deployment, channel: str) -> None:
-        self.dep, self.channel = dep, channel
-        self.seen: list[tuple[float, int, str]] = []
-        self.task: asyncio.Task | None = None
-        self.consumer = None
-
-    async def start(self) -> None:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-        from aiokafka.partitioner import DefaultPartitioner
-        topic = self.dep.topic("game.term")
-        partitions = list(range(self.dep.base.partitions))
-        tp = TopicPartition(topic, DefaultPartitioner()(self.channel.encode(), partitions, partitions))
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.dep.base.kafka_bootstrap, group_id=None,
-                                         enable_auto_commit=False, fetch_max_wait_ms=5)
-        await self.consumer.start()
-        self.consumer.assign([tp])
-        await self.consumer.seek_to_end(tp)
-        await self.consumer.position(tp)
-        self.task = asyncio.create_task(self._follow())
-
-    async def _follow(self) -> None:
-        assert self.consumer is not None
-        async for m in self.consumer:
-            if b'"TermTick"' in m.value:
-                data = json.loads(m.value)
-                if data["channel_id"] == self.channel:
-                    self.seen.append((time.time() * 1000, data["ts"], data["term_id"]))
-
-    async def stop(self, term_id: str) -> list[tuple[float, int]]:
-        assert self.task is not None and self.consumer is not None
-        self.task.cancel()
-        await self.consumer.stop()
-        return [(recv, ts) for recv, ts, t in self.seen if t == term_id]
 
 
 __all__ += ["Proc"]
