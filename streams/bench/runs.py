@@ -300,9 +300,14 @@ class Run:
                                  tag="f", auto=(crash - 1) if auto_targets else None, spread=auto_targets)
         if len(placed["accepted"]) != bets:
             raise RuntimeError(f"only {len(placed['accepted'])} of {bets} bets accepted: {placed['outcomes']}")
+        # The flight is what is measured, not the sink still writing the bets just placed (or an
+        # earlier phase's): in a whole quick run the ticks phase's term took off while the box was
+        # still busy with both.
+        busy_before = await quiet_machine()
         status, body = await dep.ops("POST", f"/ops/channels/{channel}/start", {})
         flying = await wait_for(lambda: in_state(dep, term["term_id"], "flying"), 60, "the term to fly", 0.05)
-        return {"term": flying, "crash_x100": crash, "flight_s": flight_s, "bets": placed["accepted"]}
+        return {"term": flying, "crash_x100": crash, "flight_s": flight_s, "bets": placed["accepted"],
+                "busy_share_before": busy_before}
 
     async def cashouts(self, dep: Deployment, channel: str, background_channel: str, rate: int, seconds: float,
                        background_rate: int) -> dict[str, Any]:
@@ -324,7 +329,8 @@ class Run:
                     v for k, v in result["outcomes"].items() if not k.startswith(("200", "409"))),
                 "outcomes": result["outcomes"],
                 "background_bets_per_s": round(len(bg["accepted"]) / max(1e-9, bg["send_s"])),
-                "background_p99_ms": quantile(bg["latencies_ms"], 0.99)}
+                "background_p99_ms": quantile(bg["latencies_ms"], 0.99),
+                "box": {"busy_share_before": term["busy_share_before"]}}
 
     async def ticks(self, dep: Deployment, channel: str, autos: int, seconds: float) -> dict[str, Any]:
         follower = TickFollower(dep, channel)
@@ -342,6 +348,7 @@ class Run:
         return {"autos": autos, "ticks": len(ticks), "jitter_p50_ms": quantile(jitter, 0.5),
                 "jitter_p99_ms": quantile(jitter, 0.99), "jitter_max_ms": max(jitter) if jitter else None,
                 "late_p99_ms": quantile(lateness, 0.99), "cashed_out_in_mysql_so_far": cashed,
+                "box": {"busy_share_before": term["busy_share_before"]},
                 **({"profiles": await self.profile_summaries(profiles)} if profiles else {})}
 
     # ---------------------------------------------------------- 6. 1 worker vs 2
