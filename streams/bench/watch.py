@@ -16,8 +16,9 @@ from streams.bench.deploy import Deployment, box_busy, box_cpu
 __all__ = ["JackpotCounter", "TickFollower", "at_least", "pre_start", "newer_term", "in_state", "jackpot_live",
            "quiet_machine", "QUIET_SHARE", "QUIET_TIMEOUT_S"]
 
-# A latency step starts once the machine has been at most this busy (share of all its cores) for
-# a second, or after QUIET_TIMEOUT_S: the settlement of the sustained phase's 35,000-bet term and
+# A latency step (a gateway or contribute step; the cashout and ticks terms' take-off) starts once
+# the machine has been at most this busy (share of all its cores) for a second, or after
+# QUIET_TIMEOUT_S: the settlement of the sustained phase's 35,000-bet term and
 # the sink's catching up took 0.9 of the box into the next phase's first steps (2026-12-04).
 QUIET_SHARE = 0.35
 QUIET_TIMEOUT_S = 60.0
