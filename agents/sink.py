@@ -63,7 +63,7 @@ from streams.topics import BET, COMMAND, DLQ, JACKPOT, PAYOUT, TERM
 
 log = logging.getLogger("crash.sink")
 
-__all__ = ["Sink", "write", "main"]
+__all__ = ["Sink", "write", "main", "driver_statement"]
 
 SINK_EVENTS = TERM_TOPIC_EVENTS + BET_TOPIC_EVENTS + PAYOUT_TOPIC_EVENTS + JACKPOT_TOPIC_EVENTS
 SKIPPED_TYPES = frozenset(cls.__name__.encode() for cls in NOT_LOGGED if cls is not JackpotReconciled)
@@ -90,13 +90,13 @@ async def _run(conn, statements) -> None:
     # thousands of rows (crash-bench --profile). The statements are plain text with untyped
     # binds, so there is nothing for it to process.
     for sql, params in statements:
-        driver_sql, values = _for_driver(sql)
+        driver_sql, values = driver_statement(sql)
         rows = [values(row) for row in params] if isinstance(params, list) else values(params)
         await conn.exec_driver_sql(driver_sql, rows)
 
 
 @functools.lru_cache(maxsize=256)
-def _for_driver(sql: str) -> tuple[str, Callable[[dict[str, Any]], tuple]]:
+def driver_statement(sql: str) -> tuple[str, Callable[[dict[str, Any]], tuple]]:
     """The statement in the driver's positional style, and what picks a row's values for it."""
     compiled = text(sql).compile(dialect=_DIALECT)
     names = list(compiled.positiontup or [])

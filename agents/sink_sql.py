@@ -8,7 +8,8 @@ bet rows move forward only (`WHERE status = 'placed'`), term rows only to a high
 state_version. Order inside a batch:
 
 1. every row-creating statement, one multi-row INSERT per table (the driver's executemany turns
-   `INSERT ... VALUES` into multi-row statements);
+   `INSERT ... VALUES (...)` into multi-row statements only when the parenthesis holds nothing
+   but parameters: a literal there, a 'placed' or a NULL, and it sends one statement per row);
 2. the term updates in state_version order (a closed term's update must not run before its
    crash's, which it would refuse), one by one: a few per term;
 3. the bet updates in the order of a bet's life (cancelled, cashed out, voided, refunded, then
@@ -81,7 +82,7 @@ SQL = {
              " VALUES (:channel_id, :chain_no, :length, :terminator, :salt, :ts)" + keep_first("channel_id"),
     "term_created": "INSERT INTO crash_term (term_id, channel_id, seq, chain_no, chain_index, prev_hash,"
                     " state, state_version, created_at, bets_close_at, flying_at, config, updated_at)"
-                    " VALUES (:term_id, :channel_id, :seq, :chain_no, :chain_index, :prev_hash, 'pre_start', 1,"
+                    " VALUES (:term_id, :channel_id, :seq, :chain_no, :chain_index, :prev_hash, :state, :state_version,"
                     " :created_at, :bets_close_at, :flying_at, :config, :now)" + keep_first("term_id"),
     "term_state": "UPDATE crash_term SET state = :state, state_version = :state_version,"
                   " bets_close_at = :bets_close_at, flying_at = :flying_at, updated_at = :now"
@@ -102,11 +103,11 @@ SQL = {
     "bet_placed": "INSERT INTO bet (channel_id, api_order_no, bet_id, term_id, user_id, currency, amount,"
                   " auto_cashout_x100, bet_type, status, debited, received_at, updated_at)"
                   " VALUES (:channel_id, :api_order_no, :bet_id, :term_id, :user_id, :currency, :amount,"
-                  " :auto_cashout_x100, :bet_type, 'placed', :debited, :ts, :now)" + keep_first("channel_id"),
+                  " :auto_cashout_x100, :bet_type, :status, :debited, :ts, :now)" + keep_first("channel_id"),
     "bet_rejected": "INSERT INTO bet (channel_id, api_order_no, bet_id, term_id, user_id, currency, amount,"
                     " auto_cashout_x100, bet_type, status, reason, debited, received_at, updated_at)"
-                    " VALUES (:channel_id, :api_order_no, NULL, :term_id, :user_id, :currency, :amount,"
-                    " :auto_cashout_x100, :bet_type, 'rejected', :reason, :debited, :ts, :now)"
+                    " VALUES (:channel_id, :api_order_no, :bet_id, :term_id, :user_id, :currency, :amount,"
+                    " :auto_cashout_x100, :bet_type, :status, :reason, :debited, :ts, :now)"
                     + keep_first("channel_id"),
     "history": "INSERT INTO bet_status_history (event_id, bet_id, status, ts, detail)"
                " VALUES (:event_id, :bet_id, :status, :ts, :detail)" + keep_first("event_id"),
@@ -141,15 +142,15 @@ SQL = {
                       " :multiple_x100, :order_no, :ts) ON DUPLICATE KEY UPDATE award_id = award_id",
     "jackpot_compensation": "INSERT INTO jackpot_compensation (award_id, jackpot_id, amount, operator, reason, state,"
                             " requested_at, applied_at) VALUES (:award_id, :jackpot_id, :amount, :operator, :reason,"
-                            " 'applied', :ts, :ts) ON DUPLICATE KEY UPDATE state = 'applied',"
+                            " :state, :ts, :ts) ON DUPLICATE KEY UPDATE state = 'applied',"
                             " applied_at = COALESCE(applied_at, VALUES(applied_at))",
     "jackpot_notice": "INSERT INTO jackpot_notice (notice_id, jackpot_id, payload, status, next_at, created_at,"
-                      " updated_at) VALUES (:event_id, :jackpot_id, :payload, 'ready', :now, :now, :now)"
+                      " updated_at) VALUES (:event_id, :jackpot_id, :payload, :status, :now, :now, :now)"
                       " ON DUPLICATE KEY UPDATE notice_id = notice_id",
     "outbox": "INSERT INTO payout_outbox (order_no, kind, channel_id, term_id, bet_id, user_id, currency,"
               " amount, meta, status, next_at, created_at, updated_at)"
               " VALUES (:order_no, :kind, :channel_id, :term_id, :bet_id, :user_id, :currency, :amount, :meta,"
-              " 'ready', :now, :now, :now)" + keep_first("order_no"),
+              " :status, :now, :now, :now)" + keep_first("order_no"),
 }
 
 # The bet updates that carry values per row, as one UPDATE joined to the batch's rows. The
@@ -188,6 +189,11 @@ HISTORY_STATUS = {BetPlaced: "placed", BetCancelled: "cancelled", BetCashedOut: 
                   BetVoided: "voided", BetRefunded: "refunded"}
 
 
+def _outbox(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A payout order's row: ready for the payout adapter."""
+    return "outbox", {**params, "status": "ready"}
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
@@ -221,16 +227,16 @@ def statements(record: Message, topic: str, raw: bytes, now: int) -> list[tuple[
         for currency, totals in record.totals.items():
             out.append(("term_totals", {"term_id": record.term_id, "currency": currency, **totals}))
     elif isinstance(record, BetPlaced):
-        out.append(("bet_placed", {**base, "debited": int(record.debited)}))
+        out.append(("bet_placed", {**base, "status": "placed", "debited": int(record.debited)}))
     elif isinstance(record, BetRejected):
-        out.append(("bet_rejected", {**base, "debited": int(record.debited)}))
+        out.append(("bet_rejected", {**base, "bet_id": None, "status": "rejected", "debited": int(record.debited)}))
     elif isinstance(record, BetCancelled):
         out.append(("bet_cancelled", base))
     elif isinstance(record, BetCashedOut):
         out.append(("bet_cashed", base))
-        out.append(("outbox", {**base, "kind": "cashout", "amount": record.payout,
-                               "meta": _dumps({"multiple_x100": record.multiple_x100, "mode": record.mode,
-                                               "stake": record.amount})}))
+        out.append(_outbox({**base, "kind": "cashout", "amount": record.payout,
+                            "meta": _dumps({"multiple_x100": record.multiple_x100, "mode": record.mode,
+                                            "stake": record.amount})}))
     elif isinstance(record, BetVoided):
         out.append(("bet_voided", base))
     elif isinstance(record, BetRefunded):
@@ -239,7 +245,7 @@ def statements(record: Message, topic: str, raw: bytes, now: int) -> list[tuple[
         out.append(("bets_lost", base))
         out.append(("lost_history", base))
     elif isinstance(record, PayoutRequested):
-        out.append(("outbox", {**base, "meta": _dumps(record.meta) if record.meta is not None else None}))
+        out.append(_outbox({**base, "meta": _dumps(record.meta) if record.meta is not None else None}))
     elif isinstance(record, JACKPOT_TOPIC_EVENTS):
         out.extend(_jackpot_statements(record, base))
     status = HISTORY_STATUS.get(type(record))
@@ -274,15 +280,16 @@ def _jackpot_statements(record: Message, base: dict[str, Any]) -> list[tuple[str
     if isinstance(record, JackpotAwarded):
         out = [("jackpot_winner", base)]
         if record.bonus_amount > 0:
-            out.append(("outbox", {**base, "kind": "bonus", "amount": record.bonus_amount,
-                                   "bet_id": record.bet_id or None,
-                                   "meta": _dumps({"jackpot_id": record.jackpot_id, "award_id": record.award_id,
-                                                   "rank": record.rank})}))
+            out.append(_outbox({**base, "kind": "bonus", "amount": record.bonus_amount,
+                                "bet_id": record.bet_id or None,
+                                "meta": _dumps({"jackpot_id": record.jackpot_id, "award_id": record.award_id,
+                                                "rank": record.rank})}))
         return out
     if isinstance(record, JackpotAwardRolledBack):
-        return [("jackpot_compensation", base)]
+        return [("jackpot_compensation", {**base, "state": "applied"})]
     if isinstance(record, JackpotNearCap):
-        return [("jackpot_notice", {**base, "payload": _dumps({**record.asdict(), "notice_id": record.event_id})})]
+        return [("jackpot_notice", {**base, "status": "ready",
+                                    "payload": _dumps({**record.asdict(), "notice_id": record.event_id})})]
     return []
 
 
