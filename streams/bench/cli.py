@@ -21,6 +21,7 @@ from typing import Any
 from streams.bench import report
 from streams.bench.deploy import Deployment
 from streams.bench.runs import Run
+from streams.bench.stats import floor
 
 __all__ = ["main"]
 
@@ -54,6 +55,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             jackpots = await bench.create_jackpots(dep, channel)
             results["sustained"] = await _phase("sustained", bench.sustained(
                 dep, [channel], args.seconds, window=args.window, count_jackpot=True))
+            results["floor"] = floor_of(results)
         if "gateway" in wanted:
             results["gateway"] = await _phase("gateway", bench.gateway_steps(dep, args.rates, args.step_seconds))
         if "cashout" in wanted:
@@ -76,6 +78,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     results["machine"]["load_after"] = os.getloadavg()[0]
     results["errors"] = bench.errors
     return results
+
+
+def floor_of(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The sustained phase's bet priced at the baselines' CPU per message and per row."""
+    sustained, baseline = results.get("sustained") or {}, results.get("baseline") or {}
+    return floor(sustained.get("written_per_bet") or {}, baseline, baseline.get("mysql") or {},
+                 os.cpu_count() or 1, (sustained.get("cpu_s_per_1000_bets") or {}).get("box"))
 
 
 async def _phase(name: str, job) -> dict[str, Any]:
@@ -115,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     args.seconds = 20 if quick else 60                  # sustained pipeline phase
     args.window = 4000
     args.baseline_messages = 60_000 if quick else 200_000
+    args.baseline_bets = 20_000 if quick else 60_000
     args.rates = ([int(r) for r in args.rates.split(",")] if args.rates
                   else [500, 1000, 2000] if quick else [500, 1000, 2000, 5000])
     args.step_seconds = 10 if quick else 30

@@ -29,6 +29,17 @@ def rows_of(results: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
     """(figure, unit, value, ratio to the baseline or target) for the table."""
     base = _get(results, "baseline.per_s") or 0
     out: list[tuple[str, str, Any, Any]] = [("bare aiokafka consume->produce", "msg/s", base, "baseline")]
+    b = results.get("baseline") or {}
+    if b.get("broker_cpu_us_per_msg") is not None:
+        out.append(("  CPU per message: client + broker", "µs",
+                    f"{b['cpu_us_per_msg']} + {b['broker_cpu_us_per_msg']}", ""))
+    m = b.get("mysql") or {}
+    if m.get("rows_per_s"):
+        out.append((f"bare aiomysql: a bet's sink rows, {m['batch']} bets a transaction", "rows/s",
+                    m["rows_per_s"], ""))
+        for table, t in (m.get("tables") or {}).items():
+            out.append((f"  {table}: rows/s, CPU per row client + MariaDB", "µs",
+                        f"{t['rows_per_s']}/s  {t['cpu_us_per_row']} + {t['server_cpu_us_per_row']}", ""))
     s = results.get("sustained", {})
     if s:
         out += [
@@ -45,6 +56,18 @@ def rows_of(results: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
         ]
         for name, per in sorted((s.get("cpu_s_per_1000_bets") or {}).items()):
             out.append((f"  CPU per 1,000 bets: {name}", "s", per, ""))
+        w = s.get("written_per_bet") or {}
+        if w:
+            out.append(("  written per bet: Kafka messages / MySQL rows", "",
+                        f"{w['kafka_messages_total']} / {w['mysql_rows_total']}", ""))
+    f = results.get("floor") or {}
+    if f:
+        out += [("floor: a bet's messages and rows at the bare price", "µs CPU",
+                 f"{f['us_per_bet']} (Kafka {f['kafka_us_per_bet']} + MySQL {f['mysql_us_per_bet']})", ""),
+                (f"  the floor's ceiling on {results.get('machine', {}).get('cores', '?')} cores", "bets/s",
+                 f["ceiling_bets_per_s"], "target 7000"),
+                ("  the pipeline's box CPU per bet", "µs CPU", f.get("pipeline_us_per_bet"),
+                 f"floor {f['floor_share_of_pipeline']} of it" if f.get("floor_share_of_pipeline") else "")]
     g = results.get("gateway", {})
     for step in g.get("steps", []):
         ok = step["errors"] == 0 and (step["p99_ms"] or 1e9) <= 150

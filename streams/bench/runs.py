@@ -33,11 +33,18 @@ from streams.bench.watch import (
     in_state,
     jackpot_live,
     newer_term,
+    per_bet,
     pre_start,
     quiet_machine,
+    traffic,
 )
 
 __all__ = ["Run", "CHANNEL_CONFIG"]
+
+
+def _us(cpu_s: float | None, n: int) -> float | None:
+    """CPU microseconds per item (None: the process's CPU could not be read)."""
+    return None if cpu_s is None or not n else round(cpu_s / n * 1e6, 1)
 
 # Long betting windows (10 minutes, the most a config allows: every phase gets a fresh channel) so
 # that the throughput phases never run into a closed window; a term that must fly is started by
@@ -163,8 +170,34 @@ class Run:
             raise RuntimeError(f"bare Kafka loop failed:\n{proc.tail()}")
         self.main.procs.pop(proc.name)
         result = json.loads(out.read_text())
-        return {"messages": result["messages"], "per_s": round(result["per_s"]),
-                "cpu_us_per_msg": round(result["cpu_s"] / result["messages"] * 1e6, 1)}
+        n, produced = result["messages"], result["produce_only"]
+        return {"messages": n, "per_s": round(result["per_s"]),
+                "cpu_us_per_msg": _us(result["cpu_s"], n), "broker_cpu_us_per_msg": _us(result["broker_cpu_s"], n),
+                "produce_only": {"cpu_us_per_msg": _us(produced["cpu_s"], n),
+                                 "broker_cpu_us_per_msg": _us(produced["broker_cpu_s"], n)},
+                "mysql": await self.mysql_baseline()}
+
+    async def mysql_baseline(self) -> dict[str, Any]:
+        """The sink's rows of a bet through bare aiomysql, in copies of the tables in the main database."""
+        assert self.main is not None
+        out = self.work / "baseline-mysql.json"
+        proc = self.main.start("bare-mysql", [sys.executable, "-W", "ignore", "-m", "streams.bench.bare", "mysql",
+                                              "--n", str(self.args.baseline_bets), "--db-url", self.main.db_url,
+                                              "--out", str(out)])
+        if await proc.wait(600):
+            raise RuntimeError(f"bare MySQL writer failed:\n{proc.tail()}")
+        self.main.procs.pop(proc.name)
+        result = json.loads(out.read_text())
+        tables = {table: {"rows": t["rows"], "rows_per_s": round(t["rows"] / t["elapsed_s"]),
+                          "cpu_us_per_row": _us(t["cpu_s"], t["rows"]),
+                          "server_cpu_us_per_row": _us(t["server_cpu_s"], t["rows"])}
+                  for table, t in result["tables"].items()}
+        rows = sum(t["rows"] for t in result["tables"].values())
+        elapsed = sum(t["elapsed_s"] for t in result["tables"].values())
+        server = [t["server_cpu_s"] for t in result["tables"].values()]
+        return {"bets": result["bets"], "batch": result["batch"], "rows": rows, "rows_per_s": round(rows / elapsed),
+                "cpu_us_per_row": _us(sum(t["cpu_s"] for t in result["tables"].values()), rows),
+                "server_cpu_us_per_row": None if None in server else _us(sum(server), rows), "tables": tables}
 
     # ---------------------------------------------------------- 2. sustained decisions, MySQL, jackpots
 
@@ -188,6 +221,7 @@ class Run:
                 except TimeoutError:
                     pass
 
+        written0 = await traffic(dep)
         cpu0, box0 = self.cpu(dep), box_cpu()
         sampler = asyncio.create_task(sample_mysql())
         profiles = self.profile(dep, seconds, "sustained")
@@ -225,6 +259,8 @@ class Run:
             figures["jackpot_contributions_in_window"] = contributed
             figures["jackpot_contributions_per_s"] = round(contributed / seconds)
             figures["jackpot_contributions_total"] = await contributions.stop()
+        # After the drain (and the contributions' linger): every decision's messages and rows written.
+        figures["written_per_bet"] = per_bet(written0, await traffic(dep), result["answered"])
         if profiles:
             figures["profiles"] = await self.profile_summaries(profiles)
         if result["unanswered"]:

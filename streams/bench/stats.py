@@ -1,5 +1,6 @@
 """The benchmark's arithmetic over what a phase measured: quantiles and latency figures, the
-steady rate of a timeline, CPU seconds per 1,000 bets, and the search for the highest offered rate
+steady rate of a timeline, CPU seconds per 1,000 bets, the floor that a bet's messages and rows
+set, and the search for the highest offered rate
 that meets a latency bound.
 
 Separate from the phases (runs.py): pure functions of their figures, tested without a pipeline
@@ -11,7 +12,8 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["quantile", "latency_figures", "steady_rate", "per_1000", "REFINE_STEPS", "next_rate", "search_rates"]
+__all__ = ["quantile", "latency_figures", "steady_rate", "per_1000", "REFINE_STEPS", "next_rate", "search_rates",
+           "floor"]
 
 
 def quantile(values: list[float], q: float) -> float | None:
@@ -86,3 +88,33 @@ async def search_rates(rates: list[int], run_step: Callable[[int], Awaitable[dic
         met[rate] = meets(step)
     steps.sort(key=lambda step: step["offered_per_s"])
     return steps, max((rate for rate, ok in met.items() if ok), default=None)
+
+
+def floor(traffic_per_bet: dict[str, Any], kafka: dict[str, Any], mysql: dict[str, Any], cores: int,
+          box_ms_per_bet: float | None) -> dict[str, Any] | None:
+    """What a bet would cost if its messages and rows moved at the bare baselines' price, with
+    nothing else: every message produced once and consumed once at the bare loop's client and
+    broker CPU per message (changelogs are only produced, some topics have more than one
+    reader: the two roughly cancel), every row at the bare aiomysql writer's client and MariaDB
+    CPU per row of its table (a table it did not write: its mean over all rows). Its ceiling is
+    the machine's cores over that CPU; the pipeline's box CPU per bet set against it says how
+    much of the cost is the pipeline's own work."""
+    try:
+        msg_us = kafka["cpu_us_per_msg"] + kafka["broker_cpu_us_per_msg"]
+        mean_row_us = mysql["cpu_us_per_row"] + mysql["server_cpu_us_per_row"]
+        messages, rows = traffic_per_bet["kafka_messages_total"], traffic_per_bet["mysql_rows"]
+        priced = {table: t["cpu_us_per_row"] + t["server_cpu_us_per_row"]
+                  for table, t in (mysql.get("tables") or {}).items()}
+    except (KeyError, TypeError):
+        return None
+    kafka_us = messages * msg_us
+    mysql_us = sum(n * priced.get(table, mean_row_us) for table, n in rows.items())
+    total_us = kafka_us + mysql_us
+    out: dict[str, Any] = {
+        "messages_per_bet": messages, "rows_per_bet": traffic_per_bet.get("mysql_rows_total"),
+        "us_per_msg": round(msg_us, 1), "kafka_us_per_bet": round(kafka_us), "mysql_us_per_bet": round(mysql_us),
+        "us_per_bet": round(total_us), "ceiling_bets_per_s": round(cores * 1e6 / total_us) if total_us else None}
+    if box_ms_per_bet:
+        out["pipeline_us_per_bet"] = round(box_ms_per_bet * 1000)
+        out["floor_share_of_pipeline"] = round(total_us / (box_ms_per_bet * 1000), 3)
+    return out

@@ -1,5 +1,6 @@
 """What a phase of the benchmark watches while it runs: followers of the pipeline's Kafka topics
-(jackpot contributions, a channel's ticks) and the conditions it waits for (rows in MySQL, a term
+(jackpot contributions, a channel's ticks), what the pipeline has written so far (messages per
+topic, rows per table) and the conditions it waits for (rows in MySQL, a term
 in a state, a jackpot answering, a quiet machine).
 
 Separate from the phases (runs.py), which only start, wait for and read them.
@@ -14,7 +15,7 @@ from typing import Any
 from streams.bench.deploy import Deployment, box_busy, box_cpu
 
 __all__ = ["JackpotCounter", "TickFollower", "at_least", "pre_start", "newer_term", "in_state", "jackpot_live",
-           "quiet_machine", "QUIET_SHARE", "QUIET_TIMEOUT_S"]
+           "quiet_machine", "QUIET_SHARE", "QUIET_TIMEOUT_S", "traffic", "per_bet"]
 
 # A latency step (a gateway or contribute step; the cashout and ticks terms' take-off) starts once
 # the machine has been at most this busy (share of all its cores) for a second, or after
@@ -136,3 +137,46 @@ class TickFollower:
         self.task.cancel()
         await self.consumer.stop()
         return [(recv, ts) for recv, ts, t in self.seen if t == term_id]
+
+
+async def traffic(dep: Deployment) -> dict[str, dict[str, int]]:
+    """What the deployment has written so far: messages per topic (its own topics and its tables'
+    changelogs; end offsets summed over partitions: the pipeline produces without transactions,
+    so an offset is a message) and rows per table of its database."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from streams.admin import changelog_topics
+    # The admin client for the partitions: a consumer knows those of its own subscriptions only.
+    admin = AIOKafkaAdminClient(bootstrap_servers=dep.base.kafka_bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=dep.base.kafka_bootstrap, group_id=None, enable_auto_commit=False)
+    await admin.start()
+    await consumer.start()
+    try:
+        changelogs = set(changelog_topics(dep.settings))
+        names = [t for t in await admin.list_topics() if t.startswith(dep.prefix) or t in changelogs]
+        partitions = [TopicPartition(t["topic"], p["partition"])
+                      for t in (await admin.describe_topics(names) if names else []) for p in t["partitions"]]
+        ends = await consumer.end_offsets(partitions) if partitions else {}
+    finally:
+        await consumer.stop()
+        await admin.close()
+    messages: dict[str, int] = {}
+    for tp, end in ends.items():
+        topic = tp.topic.removeprefix(dep.prefix).removeprefix(f"{dep.settings.app_id}-")
+        messages[topic] = messages.get(topic, 0) + end
+    tables = await dep.rows("SELECT table_name AS name FROM information_schema.tables"
+                            " WHERE table_schema = :db AND table_type = 'BASE TABLE'", db=dep.database)
+    rows = {t["name"]: await dep.count(f"SELECT COUNT(*) AS n FROM `{t['name']}`") for t in tables}
+    return {"kafka_messages": messages, "mysql_rows": rows}
+
+
+def per_bet(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]], bets: int) -> dict[str, Any]:
+    """Messages and rows written per bet between two traffic() readings, the parts that moved."""
+    out: dict[str, Any] = {"bets": bets}
+    for kind in ("kafka_messages", "mysql_rows"):
+        grown = {k: round((v - before[kind].get(k, 0)) / max(1, bets), 3) for k, v in after[kind].items()
+                 if v > before[kind].get(k, 0)}
+        out[kind] = dict(sorted(grown.items(), key=lambda kv: -kv[1]))
+        out[f"{kind}_total"] = round(sum(grown.values()), 3)
+    return out
