@@ -142,7 +142,7 @@ SQL = {
                       " :multiple_x100, :order_no, :ts) ON DUPLICATE KEY UPDATE award_id = award_id",
     "jackpot_compensation": "INSERT INTO jackpot_compensation (award_id, jackpot_id, amount, operator, reason, state,"
                             " requested_at, applied_at) VALUES (:award_id, :jackpot_id, :amount, :operator, :reason,"
-                            " :state, :ts, :ts) ON DUPLICATE KEY UPDATE state = 'applied',"
+                            " :state, :ts, :ts) ON DUPLICATE KEY UPDATE state = VALUES(state),"
                             " applied_at = COALESCE(applied_at, VALUES(applied_at))",
     "jackpot_notice": "INSERT INTO jackpot_notice (notice_id, jackpot_id, payload, status, next_at, created_at,"
                       " updated_at) VALUES (:event_id, :jackpot_id, :payload, :status, :now, :now, :now)"

@@ -35,7 +35,7 @@ def _own_cpu() -> float:
     return sum(os.times()[:2])
 
 
-def _broker_cpu(server: str):
+def _server_cpu(server: str):
     """What reads a test-profile server's CPU seconds so far (None: its pid file is not there)."""
     from streams.bench.deploy import cpu_seconds, infra_pids
     pid = infra_pids().get(server)
@@ -58,7 +58,7 @@ async def kafka_loop(n: int, out: str) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=settings.producer_linger_ms,
                                 acks="all")
     await producer.start()
-    broker = _broker_cpu("kafka")
+    broker = _server_cpu("kafka")
     produce0, broker0 = _own_cpu(), broker()
     payload = {"type": "PlaceBet", "event_id": "", "channel_id": "bench-1", "ts": 0, "api_order_no": "",
                "user_id": "u1", "amount": 100, "currency": "EUR", "auto_cashout_x100": 200, "gateway_id": "gw-bench"}
@@ -101,22 +101,18 @@ async def mysql_rows(n: int, batch: int, db_url: str, out: str) -> None:
     table in a transaction, straight through aiomysql into empty copies of the tables: what
     MariaDB and its driver cost per row of each table with nothing else. Each table is written
     in its own pass, so that each has its own price."""
-    import aiomysql
-    from sqlalchemy.engine import make_url
-
     from agents.sink import driver_statement
     from agents.sink_sql import SQL, statements
-    from sql.db import SQL_MODE
+    from sql.db import make_engine
     from streams.codec import encode
     from streams.events import BetPlaced
     from streams.jackpot_events import JackpotContributed
-    url = make_url(db_url)
-    # The sink's session: its SQL mode (so the same cheap escaping of strings) and isolation.
-    conn = await aiomysql.connect(host=url.host or "127.0.0.1", port=url.port or 3306, user=url.username,
-                                  password=url.password or "", db=url.database, autocommit=False,
-                                  init_command=f"SET SESSION sql_mode = '{SQL_MODE},NO_BACKSLASH_ESCAPES'")
+    # The sink's own session (its SQL mode, so the same cheap escaping of strings, and its
+    # isolation), then its aiomysql connection used bare.
+    engine = make_engine(db_url, pool_size=1, no_backslash_escapes=True)
+    session = await engine.connect()
+    conn = (await session.get_raw_connection()).driver_connection
     cursor = await conn.cursor()
-    await cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
     for table in BET_TABLES.values():
         await cursor.execute(f"DROP TABLE IF EXISTS bare_{table}")
         await cursor.execute(f"CREATE TABLE bare_{table} LIKE {table}")
@@ -140,7 +136,7 @@ async def mysql_rows(n: int, batch: int, db_url: str, out: str) -> None:
             add(JackpotContributed(event_id=f"jc-{pool}-{first}", channel_id="bench-1", ts=now,
                                    jackpot_id=f"bare-{pool}", cycle=1, items=items, total_micro=10_000 * len(items),
                                    value_micro=0, currency="EUR"), "game.jackpot")
-    server = _broker_cpu("mariadb")
+    server = _server_cpu("mariadb")
     tables: dict[str, Any] = {}
     for name, table in BET_TABLES.items():
         sql = driver_statement(SQL[name])[0].replace(f"INSERT INTO {table} ", f"INSERT INTO bare_{table} ", 1)
@@ -154,7 +150,8 @@ async def mysql_rows(n: int, batch: int, db_url: str, out: str) -> None:
     for table in BET_TABLES.values():
         await cursor.execute(f"DROP TABLE bare_{table}")
     await cursor.close()
-    conn.close()
+    await session.close()
+    await engine.dispose()
     with open(out, "w") as f:
         json.dump({"bets": n, "batch": batch, "tables": tables}, f)
 
